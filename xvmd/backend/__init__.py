@@ -1,0 +1,107 @@
+"""The hypervisor seam: the few primitive calls fencing needs, and their errors.
+
+Rules:
+1. Implementations are synchronous and may block; the daemon calls them from worker threads only.
+2. Only ``backend/libvirt.py`` imports libvirt. Foreign exceptions become ``BackendError``s at the
+   boundary, so everything above speaks one error language.
+3. Fencing semantics (what "off" means, how long to wait) live in ``xvmd.operations``, not here.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+_UUID_RE = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+
+
+def is_uuid(text: str) -> bool:
+    """True when ``text`` has the canonical 8-4-4-4-12 UUID form (any case)."""
+    return _UUID_RE.match(text) is not None
+
+
+class DomainState(enum.IntEnum):
+    """libvirt's ``virDomainState``; the hostlist carries these raw values."""
+
+    NOSTATE = 0
+    RUNNING = 1
+    BLOCKED = 2
+    PAUSED = 3
+    SHUTDOWN = 4
+    SHUTOFF = 5
+    CRASHED = 6
+    PMSUSPENDED = 7
+
+    @classmethod
+    def of(cls, value: int) -> DomainState:
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.NOSTATE
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class DomainInfo:
+    name: str
+    uuid: str
+    state: DomainState
+    persistent: bool = True
+
+
+class BackendError(Exception):
+    """A hypervisor call failed."""
+
+
+class DomainNotFound(BackendError):
+    """No domain has that name or UUID."""
+
+
+class BackendUnavailable(BackendError):
+    """The hypervisor cannot be reached right now; a reconnect is under way."""
+
+
+class Backend(Protocol):
+    """Primitive, blocking hypervisor calls. Domains are addressed by UUID after lookup."""
+
+    description: str
+
+    def ping(self) -> None:
+        """Make a real round trip to the hypervisor. Raises BackendUnavailable."""
+
+    def list_domains(self) -> list[DomainInfo]:
+        """Every domain, active or not."""
+
+    def lookup(self, target: str) -> DomainInfo:
+        """Find a domain by UUID (when ``target`` looks like one) or name. Raises DomainNotFound."""
+
+    def state(self, uuid: str) -> DomainInfo | None:
+        """Current info, or None when the domain no longer exists (a destroyed transient one)."""
+
+    def destroy(self, uuid: str) -> None:
+        """Hard power-off."""
+
+    def start(self, uuid: str) -> None:
+        """Boot a defined, shut-off domain."""
+
+    def resume(self, uuid: str) -> None:
+        """Resume a paused domain (or wake a suspended one)."""
+
+    def definition(self, uuid: str) -> str:
+        """The domain's XML, secure parts included, to re-create a transient domain."""
+
+    def create_transient(self, xml: str) -> None:
+        """Start a domain from XML (how a destroyed transient domain comes back)."""
+
+    def check_connection(self) -> bool:
+        """Re-open a lost connection if needed; True when connected. Never raises."""
+
+    def close(self) -> None:
+        """Drop the connection."""

@@ -1,0 +1,128 @@
+"""An in-memory backend for unit tests of the fencing semantics and the daemon shell.
+
+It models just enough of libvirt: persistent and transient domains, the states fencing cares
+about, injectable failures and delays. Real behaviour is proven against libvirt's test driver.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, replace
+
+from . import BackendError, BackendUnavailable, DomainInfo, DomainNotFound, DomainState, is_uuid
+
+
+@dataclass
+class FakeDomain:
+    info: DomainInfo
+
+
+class FakeBackend:
+    description = "fake"
+
+    def __init__(self, domains: list[DomainInfo] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._domains = {d.uuid: FakeDomain(d) for d in (domains or [])}
+        self.available = True
+        self.fail: dict[str, str] = {}  # primitive name -> error message
+        self.delay: dict[str, float] = {}  # primitive name -> seconds
+        self.destroy_leaves_state: DomainState | None = (
+            None  # simulate a destroy that "succeeds" but does nothing
+        )
+        self.calls: list[tuple[str, str]] = []
+        self._saved: dict[str, DomainInfo] = {}
+
+    def _enter(self, name: str, arg: str = "") -> None:
+        self.calls.append((name, arg))
+        delay = self.delay.get(name)
+        if delay:
+            time.sleep(delay)
+        if not self.available:
+            raise BackendUnavailable("fake hypervisor is down")
+        if name in self.fail:
+            raise BackendError(self.fail[name])
+
+    def _get(self, uuid: str) -> FakeDomain:
+        try:
+            return self._domains[uuid]
+        except KeyError:
+            raise DomainNotFound(f"no domain with uuid {uuid}") from None
+
+    def _set(self, uuid: str, state: DomainState) -> None:
+        dom = self._get(uuid)
+        dom.info = replace(dom.info, state=state)
+
+    def ping(self) -> None:
+        self._enter("ping")
+
+    def list_domains(self) -> list[DomainInfo]:
+        self._enter("list_domains")
+        with self._lock:
+            return [d.info for d in self._domains.values()]
+
+    def lookup(self, target: str) -> DomainInfo:
+        self._enter("lookup", target)
+        with self._lock:
+            if is_uuid(target):
+                return self._get(target.lower()).info
+            for dom in self._domains.values():
+                if dom.info.name == target:
+                    return dom.info
+            hits = [
+                d for d in self._domains.values() if d.info.name.casefold() == target.casefold()
+            ]
+            if len(hits) == 1:
+                return hits[0].info
+        raise DomainNotFound(f"no domain named {target!r}")
+
+    def state(self, uuid: str) -> DomainInfo | None:
+        self._enter("state", uuid)
+        with self._lock:
+            dom = self._domains.get(uuid)
+            return dom.info if dom else None
+
+    def destroy(self, uuid: str) -> None:
+        self._enter("destroy", uuid)
+        with self._lock:
+            dom = self._get(uuid)
+            if dom.info.state is DomainState.SHUTOFF:
+                raise BackendError("domain is not running")
+            if self.destroy_leaves_state is not None:
+                self._set(uuid, self.destroy_leaves_state)
+            elif dom.info.persistent:
+                self._set(uuid, DomainState.SHUTOFF)
+            else:
+                del self._domains[uuid]
+
+    def start(self, uuid: str) -> None:
+        self._enter("start", uuid)
+        with self._lock:
+            if self._get(uuid).info.state is not DomainState.SHUTOFF:
+                raise BackendError("domain is already running")
+            self._set(uuid, DomainState.RUNNING)
+
+    def resume(self, uuid: str) -> None:
+        self._enter("resume", uuid)
+        with self._lock:
+            self._set(uuid, DomainState.RUNNING)
+
+    def definition(self, uuid: str) -> str:
+        self._enter("definition", uuid)
+        with self._lock:
+            info = self._get(uuid).info
+            self._saved[info.uuid] = info
+            return info.uuid
+
+    def create_transient(self, xml: str) -> None:
+        # The fake's "XML" is the UUID of a domain whose definition() was taken earlier.
+        self._enter("create_transient", xml)
+        with self._lock:
+            info = self._saved[xml]
+            self._domains[info.uuid] = FakeDomain(replace(info, state=DomainState.RUNNING))
+
+    def check_connection(self) -> bool:
+        return self.available
+
+    def close(self) -> None:
+        return None

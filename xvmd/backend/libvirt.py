@@ -1,0 +1,204 @@
+"""The libvirt backend: one long-lived connection, re-opened when it is lost.
+
+Rules:
+1. The only module that imports ``libvirt``; every ``libvirtError`` leaves as a ``BackendError``.
+2. One connection for the daemon's life, not one per call: a ``test:///`` driver keeps its
+   domains' state inside the connection, and reconnecting per request is slow.
+3. A call that fails because the connection died drops it; the next call (or the daemon's
+   background check) opens a new one. Calls never wait for libvirtd to come back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import libvirt
+
+from . import BackendError, BackendUnavailable, DomainInfo, DomainNotFound, DomainState, is_uuid
+
+log = logging.getLogger("xvmd.libvirt")
+T = TypeVar("T")
+
+_CONNECTION_ERRORS = {
+    libvirt.VIR_ERR_SYSTEM_ERROR,
+    libvirt.VIR_ERR_RPC,
+    libvirt.VIR_ERR_NO_CONNECT,
+    libvirt.VIR_ERR_INVALID_CONN,
+    libvirt.VIR_ERR_AUTH_FAILED,
+}
+_CONNECT_LOCK_TIMEOUT = 5.0
+
+
+def _silence_libvirt(_ctx: object, _err: object) -> None:
+    # libvirt prints every error to stderr by default; we report them ourselves, once.
+    return None
+
+
+libvirt.registerErrorHandler(_silence_libvirt, None)
+
+
+def _is_connection_error(err: libvirt.libvirtError) -> bool:
+    code = err.get_error_code()
+    return code in _CONNECTION_ERRORS or err.get_error_domain() == libvirt.VIR_FROM_RPC
+
+
+def _message(err: libvirt.libvirtError) -> str:
+    return str(err.get_error_message() or err).strip()
+
+
+class LibvirtBackend:
+    def __init__(self, uri: str, opener: Callable[[str], Any] | None = None) -> None:
+        self.uri = uri
+        self.description = f"libvirt {uri}"
+        self._open = opener or libvirt.open
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self.last_error: str | None = None
+
+    # -- connection management --------------------------------------------------------------
+
+    def _connection(self) -> Any:
+        conn = self._conn
+        if conn is not None:
+            return conn
+        if not self._lock.acquire(timeout=_CONNECT_LOCK_TIMEOUT):
+            raise BackendUnavailable(f"still connecting to {self.uri}")
+        try:
+            if self._conn is None:
+                try:
+                    self._conn = self._open(self.uri)
+                except libvirt.libvirtError as exc:
+                    self.last_error = _message(exc)
+                    raise BackendUnavailable(
+                        f"cannot connect to {self.uri}: {self.last_error}"
+                    ) from exc
+                if self.last_error is not None:
+                    log.warning("libvirt connection to %s re-established", self.uri)
+                self.last_error = None
+            return self._conn
+        finally:
+            self._lock.release()
+
+    def _drop(self, conn: Any, why: str) -> None:
+        with self._lock:
+            if self._conn is conn:
+                self._conn = None
+                if self.last_error is None:
+                    log.warning("libvirt connection to %s lost: %s; reconnecting", self.uri, why)
+                self.last_error = why
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
+
+    def _call(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(conn)``; retry once on a fresh connection if the old one turned out dead."""
+        for attempt in (1, 2):
+            conn = self._connection()
+            try:
+                return fn(conn)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    raise DomainNotFound(_message(exc)) from exc
+                if not _is_connection_error(exc):
+                    raise BackendError(_message(exc)) from exc
+                self._drop(conn, _message(exc))
+                if attempt == 2:
+                    raise BackendUnavailable(f"{self.uri}: {_message(exc)}") from exc
+        raise AssertionError("unreachable")
+
+    def check_connection(self) -> bool:
+        try:
+            self.ping()
+        except BackendError:
+            return False
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
+
+    # -- primitive calls ----------------------------------------------------------------------
+
+    def ping(self) -> None:
+        self._call(lambda c: c.getLibVersion())
+
+    @staticmethod
+    def _info(dom: Any) -> DomainInfo:
+        state, _reason = dom.state()
+        return DomainInfo(
+            name=dom.name(),
+            uuid=dom.UUIDString(),
+            state=DomainState.of(state),
+            persistent=bool(dom.isPersistent()),
+        )
+
+    def list_domains(self) -> list[DomainInfo]:
+        def run(conn: Any) -> list[DomainInfo]:
+            out = []
+            for dom in conn.listAllDomains(0):
+                state, _reason = dom.state()
+                out.append(DomainInfo(dom.name(), dom.UUIDString(), DomainState.of(state)))
+            return out
+
+        return self._call(run)
+
+    def _domain(self, conn: Any, uuid: str) -> Any:
+        return conn.lookupByUUIDString(uuid)
+
+    def lookup(self, target: str) -> DomainInfo:
+        def run(conn: Any) -> DomainInfo:
+            if is_uuid(target):
+                return self._info(conn.lookupByUUIDString(target))
+            try:
+                return self._info(conn.lookupByName(target))
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+            # Cluster node names and VM names often differ only in case; accept a unique match.
+            wanted = target.casefold()
+            hits = [d for d in conn.listAllDomains(0) if d.name().casefold() == wanted]
+            if len(hits) == 1:
+                return self._info(hits[0])
+            raise DomainNotFound(
+                f"no domain named {target!r}"
+                + (f" ({len(hits)} differ only in case)" if hits else "")
+            )
+
+        return self._call(run)
+
+    def state(self, uuid: str) -> DomainInfo | None:
+        try:
+            return self._call(lambda c: self._info(self._domain(c, uuid)))
+        except DomainNotFound:
+            return None
+
+    def destroy(self, uuid: str) -> None:
+        self._call(lambda c: self._domain(c, uuid).destroy())
+
+    def start(self, uuid: str) -> None:
+        self._call(lambda c: self._domain(c, uuid).create())
+
+    def resume(self, uuid: str) -> None:
+        def run(conn: Any) -> None:
+            dom = self._domain(conn, uuid)
+            state, _reason = dom.state()
+            if state == libvirt.VIR_DOMAIN_PMSUSPENDED:
+                dom.pMWakeup(0)
+            else:
+                dom.resume()
+
+        self._call(run)
+
+    def definition(self, uuid: str) -> str:
+        return self._call(
+            lambda c: str(self._domain(c, uuid).XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE))
+        )
+
+    def create_transient(self, xml: str) -> None:
+        self._call(lambda c: c.createXML(xml, 0))

@@ -1,0 +1,177 @@
+"""The composition root: builds the listeners, backend and service, runs until told to stop.
+
+Nothing else in xvmd opens sockets at start-up or installs signal handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+import socket
+import time
+from collections import Counter
+from collections.abc import Sequence
+
+from .backend import Backend
+from .executor import BackendRunner
+from .net import tcp, udp
+from .net.iface import InterfaceError, interface_index
+from .operations import Clock
+from .protocol.auth import Key
+from .service import Auth, FenceService
+from .settings import Listener, Settings
+
+log = logging.getLogger("xvmd")
+
+RECONNECT_INTERVAL = 5.0
+STATS_INTERVAL = 60.0
+DRAIN_TIMEOUT = 10.0
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message tells the operator why."""
+
+
+def _bind_error(what: str, exc: OSError) -> StartupError:
+    if exc.errno == errno.EADDRINUSE:
+        return StartupError(
+            f"{what}: address already in use (is fence_virtd or another xvmd running?)"
+        )
+    if exc.errno == errno.EACCES:
+        return StartupError(f"{what}: permission denied")
+    return StartupError(f"{what}: {exc.strerror or exc}")
+
+
+def open_sockets(settings: Settings) -> list[tuple[Listener, socket.socket]]:
+    """Bind every multicast listener. Raises StartupError."""
+    try:
+        ifindex = interface_index(settings.interface) if settings.interface else 0
+    except InterfaceError as exc:
+        raise StartupError(str(exc)) from None
+    required, optional = settings.listeners()
+    where = f" on {settings.interface}" if settings.interface else ""
+    opened: list[tuple[Listener, socket.socket]] = []
+    try:
+        for lst in required + optional:
+            what = f"UDP {lst.group} port {lst.port}{where}"
+            try:
+                opened.append((lst, udp.open_multicast_socket(lst.group, lst.port, ifindex)))
+            except OSError as exc:
+                if lst in optional and exc.errno != errno.EADDRINUSE:
+                    log.warning("not listening on %s: %s", what, exc.strerror or exc)
+                    continue
+                raise _bind_error(what, exc) from None
+    except StartupError:
+        for _, sock in opened:
+            sock.close()
+        raise
+    return opened
+
+
+class Daemon:
+    def __init__(self, settings: Settings, keys: Sequence[Key], backend: Backend) -> None:
+        self.settings = settings
+        self.keys = keys
+        self.backend = backend
+        self._stop = asyncio.Event()
+        self._transports: list[asyncio.BaseTransport] = []
+        self._servers: list[asyncio.Server] = []
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, sockets: list[tuple[Listener, socket.socket]]) -> int:
+        loop = asyncio.get_running_loop()
+        clock = Clock(now=time.monotonic, sleep=time.sleep)
+        runner = BackendRunner(self.backend, clock, workers=self.settings.workers)
+        service = FenceService(
+            Auth(self.keys, self.settings.hash, self.settings.auth),
+            runner,
+            max_sessions=self.settings.max_sessions,
+            now=loop.time,
+        )
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            where = []
+            for lst, sock in sockets:
+                self._transports.append(await udp.listen(sock, service.datagram_received))
+                where.append(f"{lst.group} port {lst.port}")
+            if self.settings.tcp is not None:
+                host, port = self.settings.tcp
+                try:
+                    self._servers.append(
+                        await tcp.start_listener(host, port, service.stream_client)
+                    )
+                except OSError as exc:
+                    raise _bind_error(f"TCP {host} port {port}", exc) from None
+                where.append(f"TCP {host} port {port}")
+            iface = self.settings.interface or "any interface"
+            log.info(
+                "xvmd ready: %s on %s; hash >= %s, auth %s; backend %s",
+                ", ".join(where),
+                iface,
+                self.settings.hash.label,
+                self.settings.auth.label,
+                self.backend.description,
+            )
+            if not self.settings.needs_key:
+                log.warning("authentication is OFF (--hash none --auth none): anyone can fence")
+            connected = await runner.check_connection(loop.time() + 10)
+            if not connected:
+                log.error(
+                    "cannot reach %s yet; requests fail until it answers (retrying every %gs)",
+                    self.backend.description,
+                    RECONNECT_INTERVAL,
+                )
+            housekeeping = asyncio.create_task(self._housekeeping(runner, service, connected))
+            await self._stop.wait()
+            housekeeping.cancel()
+            log.info("stopping: no new requests; waiting for %d in flight", service.active_sessions)
+        finally:
+            for tr in self._transports:
+                tr.close()
+            for srv in self._servers:
+                srv.close()
+        left = await service.drain(DRAIN_TIMEOUT)
+        if left:
+            log.warning("%d requests still running at exit", left)
+        runner.shutdown()
+        self.backend.close()
+        _log_stats(service, final=True)
+        return 0
+
+    async def _housekeeping(self, runner: BackendRunner, service: FenceService, up: bool) -> None:
+        loop = asyncio.get_running_loop()
+        last_stats = loop.time()
+        reported: Counter[str] = Counter()
+        while True:
+            await asyncio.sleep(RECONNECT_INTERVAL)
+            # Re-open a lost hypervisor connection in the background, so the next request
+            # finds it ready; requests never wait for a reconnect themselves.
+            now_up = await runner.check_connection(loop.time() + RECONNECT_INTERVAL)
+            if now_up != up:
+                log.log(
+                    logging.INFO if now_up else logging.ERROR,
+                    "%s is %s",
+                    self.backend.description,
+                    "reachable" if now_up else "unreachable",
+                )
+                up = now_up
+            if loop.time() - last_stats >= STATS_INTERVAL:
+                last_stats = loop.time()
+                if service.stats.dropped != reported:
+                    _log_stats(service)
+                    reported = Counter(service.stats.dropped)
+
+
+def _log_stats(service: FenceService, final: bool = False) -> None:
+    dropped = service.stats.dropped
+    served = service.stats.served
+    if not dropped and not served and not final:
+        return
+    parts = ", ".join(f"{k} {v}" for k, v in sorted(dropped.items())) or "none"
+    done = ", ".join(f"{k} {v}" for k, v in sorted(served.items())) or "none"
+    log.info("totals: answered %s; dropped %s", done, parts)

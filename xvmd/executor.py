@@ -1,0 +1,137 @@
+"""Runs blocking backend work off the event loop, without head-of-line blocking.
+
+Rules:
+1. Every backend call runs in the worker pool, never on the event loop.
+2. Operations on one domain run one at a time, in arrival order; different domains run in
+   parallel. A domain's lock is held until its worker really finishes, even after the request
+   that started it gave up waiting, so a hung call is never overtaken by a second one.
+3. Every await has a deadline: a request fails within its budget instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+from collections.abc import Callable
+from typing import TypeVar
+
+from . import operations
+from .backend import Backend, BackendError, DomainInfo
+from .operations import Clock, Outcome
+from .protocol.wire import HostRecord, Op, Result
+
+T = TypeVar("T")
+
+POWER_BUDGET = 25.0
+"""Seconds a power action may take before the client is told it failed (client default: 30)."""
+QUERY_BUDGET = 10.0
+"""Seconds for status, monitor and list."""
+
+
+class Deadline(Exception):
+    """The budget ran out before the backend answered."""
+
+
+class _DomainLock:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
+class BackendRunner:
+    def __init__(
+        self,
+        backend: Backend,
+        clock: Clock,
+        workers: int = 32,
+        confirm_timeout: float = operations.CONFIRM_TIMEOUT,
+    ) -> None:
+        self.backend = backend
+        self._clock = clock
+        self._confirm_timeout = confirm_timeout
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="backend")
+        self._locks: dict[str, _DomainLock] = {}
+
+    def budget_for(self, op: Op) -> float:
+        return POWER_BUDGET if op.is_power_action else QUERY_BUDGET
+
+    async def _run(self, deadline: float, fn: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._pool, functools.partial(fn, *args))
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout=deadline - loop.time())
+        except TimeoutError:
+            raise Deadline() from None
+
+    async def hostlist(self, deadline: float) -> list[HostRecord]:
+        """Raises Deadline or BackendError."""
+        return await self._run(deadline, operations.host_records, self.backend)
+
+    async def check_connection(self, deadline: float) -> bool:
+        try:
+            return await self._run(deadline, self.backend.check_connection)
+        except Deadline:
+            return False
+
+    async def fence(self, op: Op, target: str, deadline: float) -> Outcome:
+        """Resolve ``target`` and carry out ``op``, serialised per domain, within ``deadline``."""
+        loop = asyncio.get_running_loop()
+        try:
+            if not op.needs_domain:
+                return await self._run(deadline, self._perform, op, None)
+            dom = await self._run(deadline, operations.resolve, self.backend, target)
+            if dom is None:
+                return operations.perform(self.backend, op, None, self._clock)
+            return await self._fence_domain(op, dom, deadline)
+        except Deadline:
+            budget = deadline - loop.time()
+            return Outcome(Result.FAIL, f"no answer from the hypervisor in time ({budget:+.1f}s)")
+        except BackendError as exc:
+            return Outcome(Result.FAIL, f"hypervisor error: {exc}")
+
+    def _perform(self, op: Op, dom: DomainInfo | None) -> Outcome:
+        # Runs in a worker, after this domain's lock was taken: re-read the state, since a
+        # previous operation on the same domain may just have changed it.
+        if dom is not None:
+            dom = self.backend.state(dom.uuid)
+        return operations.perform(self.backend, op, dom, self._clock, self._confirm_timeout)
+
+    async def _fence_domain(self, op: Op, dom: DomainInfo, deadline: float) -> Outcome:
+        loop = asyncio.get_running_loop()
+        entry = self._locks.setdefault(dom.uuid, _DomainLock())
+        entry.users += 1
+
+        def leave() -> None:
+            entry.users -= 1
+            if entry.users == 0 and not entry.lock.locked() and self._locks.get(dom.uuid) is entry:
+                del self._locks[dom.uuid]
+
+        def release() -> None:
+            entry.lock.release()
+            leave()
+
+        try:
+            async with asyncio.timeout_at(deadline):
+                await entry.lock.acquire()
+        except TimeoutError:
+            leave()
+            return Outcome(Result.FAIL, "an earlier operation on this domain is still running", dom)
+        except BaseException:
+            leave()
+            raise
+        # From here the lock is released only when the worker has really finished.
+        fut = loop.run_in_executor(self._pool, self._perform, op, dom)
+        fut.add_done_callback(lambda _f: release())
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(fut), timeout=deadline - loop.time())
+        except TimeoutError:
+            return Outcome(
+                Result.FAIL, "timed out waiting for the hypervisor; the operation continues", dom
+            )
+        return Outcome(outcome.result, outcome.detail, outcome.domain or dom)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

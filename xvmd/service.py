@@ -1,0 +1,272 @@
+"""One request's way through the daemon: verify, de-duplicate, call back, authenticate, act, answer.
+
+Rules:
+1. The reject path is cheap and silent per packet: size, parse, one digest, then a counter.
+   Operators see drops in a periodic summary (and at debug level per packet), never a flood.
+2. Power actions are answered only after authentication, and the answer is what the backend
+   proved (see ``xvmd.operations``).
+3. Every request that reaches the TCP phase ends in exactly one log line: requester, op,
+   target, result, milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .backend import BackendError
+from .executor import BackendRunner, Deadline
+from .net import tcp
+from .protocol.auth import Key, Rejected, verify_request
+from .protocol.history import Admission, History
+from .protocol.session import STREAM_REQUEST_TIMEOUT, ServerSession
+from .protocol.wire import (
+    CHALLENGE_SIZE,
+    REQUEST_SIZE,
+    FenceRequest,
+    HashType,
+    MalformedRequest,
+    Op,
+    Result,
+    parse_request,
+)
+
+log = logging.getLogger("xvmd")
+reqlog = logging.getLogger("xvmd.request")
+
+WRITE_TIMEOUT = 10.0
+
+
+@dataclass
+class Stats:
+    dropped: Counter[str] = field(default_factory=Counter)
+    served: Counter[str] = field(default_factory=Counter)
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] += 1
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    keys: Sequence[Key]
+    hash: HashType
+    auth: HashType
+
+
+class FenceService:
+    def __init__(
+        self,
+        auth: Auth,
+        runner: BackendRunner,
+        *,
+        max_sessions: int = 64,
+        now: Callable[[], float] | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.auth = auth
+        self.runner = runner
+        self.history = History()
+        self.stats = Stats()
+        self.max_sessions = max_sessions
+        self._now = now or asyncio.get_event_loop().time
+        self._random = random_bytes
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def active_sessions(self) -> int:
+        return len(self._tasks)
+
+    # -- datagrams ------------------------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, source: tuple[str, int]) -> None:
+        if len(data) != REQUEST_SIZE:
+            self.stats.drop("size")
+            return
+        try:
+            req = parse_request(data)
+            key = verify_request(req, self.auth.hash, self.auth.keys)
+        except (MalformedRequest, Rejected) as exc:
+            self.stats.drop(exc.reason)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("dropped datagram from %s: %s", source[0], exc)
+            return
+        if req.callback is None:
+            self.stats.drop("no-callback")
+            log.debug("dropped request from %s: it names no callback address", source[0])
+            return
+        now = self._now()
+        admission = self.history.admit(req, now)
+        if admission is Admission.DUPLICATE:
+            self.stats.drop("duplicate")
+            log.info(
+                "duplicate %s %s seqno %d from %s dropped (already handled)",
+                req.op.label,
+                _target(req),
+                req.seqno,
+                req.address,
+            )
+            return
+        if admission is Admission.ALTERNATE:
+            log.debug(
+                "copy of pending %s seqno %d via %s kept", req.op.label, req.seqno, req.address
+            )
+            return
+        if len(self._tasks) >= self.max_sessions:
+            self.history.forget(req)
+            self.stats.drop("busy")
+            log.warning(
+                "too busy (%d sessions); dropped %s %s from %s, the client will retransmit",
+                len(self._tasks),
+                req.op.label,
+                _target(req),
+                req.address,
+            )
+            return
+        self._spawn(self._serve_datagram(req, key))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve_datagram(self, req: FenceRequest, key: Key | None) -> None:
+        started = self._now()
+        candidate: FenceRequest | None = req
+        while candidate is not None:
+            assert candidate.callback is not None
+            address, port = candidate.callback
+            try:
+                stream = await tcp.connect_back(address, port)
+            except tcp.CallbackFailed as exc:
+                log.warning(
+                    "cannot call back %s port %d for %s %s: %s",
+                    address,
+                    port,
+                    req.op.label,
+                    _target(req),
+                    exc,
+                )
+                candidate = self.history.next_alternate(req)
+                continue
+            self.history.record(req, self._now())
+            await self._serve_session(candidate, key, stream, started)
+            return
+        self.history.forget(req)
+        self.stats.drop("callback-failed")
+
+    # -- the TCP listener (fence_virt -T) ------------------------------------------------------
+
+    async def stream_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        if len(self._tasks) >= self.max_sessions:
+            self.stats.drop("busy")
+            writer.close()
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            started = self._now()
+            try:
+                data = await asyncio.wait_for(
+                    reader.readexactly(REQUEST_SIZE), timeout=STREAM_REQUEST_TIMEOUT
+                )
+                req = parse_request(data)
+                key = verify_request(req, self.auth.hash, self.auth.keys)
+            except (TimeoutError, asyncio.IncompleteReadError, OSError):
+                self.stats.drop("stream-incomplete")
+                writer.close()
+                return
+            except (MalformedRequest, Rejected) as exc:
+                self.stats.drop(exc.reason)
+                log.info("dropped TCP request from %s: %s", peer[0], exc)
+                writer.close()
+                return
+            await self._serve_session(req, key, (reader, writer), started, requester=peer[0])
+        finally:
+            self._tasks.discard(task)
+
+    # -- common ---------------------------------------------------------------------------------
+
+    async def _serve_session(
+        self,
+        req: FenceRequest,
+        key: Key | None,
+        stream: tcp.Stream,
+        started: float,
+        requester: str | None = None,
+    ) -> None:
+        who = requester or req.address or "?"
+        _, writer = stream
+        session = ServerSession(
+            auth=self.auth.auth,
+            key=key,
+            challenge=self._random(CHALLENGE_SIZE),
+            now=self._now(),
+        )
+        if not await tcp.authenticate(session, stream, self._now):
+            self.stats.drop("auth-failed")
+            log.warning(
+                "%s %s from %s not served: authentication failed: %s",
+                req.op.label,
+                _target(req),
+                who,
+                session.failure,
+            )
+            await tcp.flush_and_close(session, writer, WRITE_TIMEOUT)
+            return
+        deadline = self._now() + self.runner.budget_for(req.op)
+        domain = ""
+        if req.op is Op.HOSTLIST:
+            try:
+                records = await self.runner.hostlist(deadline)
+            except Deadline:
+                result, detail = Result.FAIL, "no answer from the hypervisor in time"
+                session.send_result(result)
+            except BackendError as exc:
+                result, detail = Result.FAIL, f"hypervisor error: {exc}"
+                session.send_result(result)
+            else:
+                result, detail = Result.SUCCESS, f"{len(records)} domains"
+                session.send_hostlist(records)
+        else:
+            outcome = await self.runner.fence(req.op, req.domain, deadline)
+            result, detail = outcome.result, outcome.detail
+            if outcome.domain is not None and outcome.domain.name != req.domain:
+                domain = outcome.domain.name
+            session.send_result(result)
+        await tcp.flush_and_close(session, writer, WRITE_TIMEOUT)
+        self.stats.served[result.label] += 1
+        elapsed = (self._now() - started) * 1000
+        mapped = f" (domain {domain})" if domain else ""
+        level = logging.INFO if result is not Result.FAIL else logging.WARNING
+        reqlog.log(
+            level,
+            "%s %s %s%s -> %s in %.0f ms: %s",
+            who,
+            req.op.label,
+            _target(req),
+            mapped,
+            result.label,
+            elapsed,
+            detail,
+        )
+
+    async def drain(self, timeout: float) -> int:
+        """Wait for sessions in flight; returns how many were still running at the timeout."""
+        pending = set(self._tasks)
+        if not pending:
+            return 0
+        _, still = await asyncio.wait(pending, timeout=timeout)
+        return len(still)
+
+
+def _target(req: FenceRequest) -> str:
+    return repr(req.domain) if req.domain else "-"

@@ -1,0 +1,113 @@
+"""The daemon's settings: one frozen snapshot, built once from the command line."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from .protocol.wire import HashType
+
+DEFAULT_KEY_FILE = "/etc/cluster/fence_xvm.key"
+DEFAULT_IPV4_GROUP = "225.0.0.12"
+DEFAULT_IPV6_GROUP = "ff05::3:1"
+DEFAULT_PORT = 1229
+DEFAULT_URI = "qemu:///system"
+DEFAULT_TCP_ADDRESS = "127.0.0.1"
+
+
+class SettingsError(ValueError):
+    """A combination of settings that cannot work; the message says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    group: str
+    port: int
+
+    @property
+    def family(self) -> int:
+        return ipaddress.ip_address(self.group).version
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    key_file: str = DEFAULT_KEY_FILE
+    interface: str | None = None
+    address: str | None = None
+    port: int = DEFAULT_PORT
+    family: str = "auto"
+    uri: str = DEFAULT_URI
+    hash: HashType = HashType.SHA256
+    auth: HashType = HashType.SHA256
+    debug: int = 0
+    tcp: tuple[str, int] | None = None
+    local: bool = False
+    no_ccs: bool = False
+    max_sessions: int = 64
+    workers: int = 32
+
+    @property
+    def needs_key(self) -> bool:
+        return self.hash is not HashType.NONE or self.auth is not HashType.NONE
+
+    def listeners(self) -> tuple[list[Listener], list[Listener]]:
+        """(required, optional) multicast listeners.
+
+        With ``-i auto`` and no ``-a`` the daemon serves both default groups; the IPv6 one is
+        optional there, so a host without IPv6 still starts.
+
+        Raises:
+            SettingsError: the address is not a multicast group of the chosen family.
+        """
+        if self.address is None:
+            if self.family == "ipv4":
+                return [Listener(DEFAULT_IPV4_GROUP, self.port)], []
+            if self.family == "ipv6":
+                return [Listener(DEFAULT_IPV6_GROUP, self.port)], []
+            return [Listener(DEFAULT_IPV4_GROUP, self.port)], [
+                Listener(DEFAULT_IPV6_GROUP, self.port)
+            ]
+        try:
+            ip = ipaddress.ip_address(self.address)
+        except ValueError:
+            raise SettingsError(f"{self.address!r} is not an IP address") from None
+        if not ip.is_multicast:
+            raise SettingsError(
+                f"{self.address} is not a multicast group (unicast to the port is served anyway)"
+            )
+        wanted = {"ipv4": 4, "ipv6": 6}.get(self.family)
+        if wanted is not None and ip.version != wanted:
+            raise SettingsError(f"{self.address} is not an {self.family} address")
+        return [Listener(str(ip), self.port)], []
+
+
+def parse_tcp(text: str, default_port: int) -> tuple[str, int]:
+    """Parse ``--tcp [ADDR][:PORT]``: ``''``, ``:1230``, ``10.0.0.1``, ``[::1]:1230``, ``::1``.
+
+    Raises:
+        SettingsError: unparseable address or port.
+    """
+    host, port_text = DEFAULT_TCP_ADDRESS, ""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise SettingsError(f"--tcp {text!r}: missing ']'")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise SettingsError(f"--tcp {text!r}: expected ':PORT' after ']'")
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host_part, port_text = text.split(":")
+        host = host_part or DEFAULT_TCP_ADDRESS
+    elif text:
+        host = text
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise SettingsError(f"--tcp: {host!r} is not an IP address") from None
+    port = default_port
+    if port_text:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise SettingsError(f"--tcp: port {port_text!r} is not in 1..65535")
+        port = int(port_text)
+    return host, port
