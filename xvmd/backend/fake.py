@@ -74,6 +74,8 @@ class FakeBackend:
             ]
             if len(hits) == 1:
                 return hits[0].info
+            if hits:
+                raise BackendError(f"{target!r} is ambiguous")
         raise DomainNotFound(f"no domain named {target!r}")
 
     def state(self, uuid: str) -> DomainInfo | None:

@@ -165,10 +165,11 @@ class LibvirtBackend:
             hits = [d for d in conn.listAllDomains(0) if d.name().casefold() == wanted]
             if len(hits) == 1:
                 return self._info(hits[0])
-            raise DomainNotFound(
-                f"no domain named {target!r}"
-                + (f" ({len(hits)} differ only in case)" if hits else "")
-            )
+            if hits:
+                # Ambiguous is not "absent": answering OFF here could hide a running VM.
+                names = ", ".join(sorted(d.name() for d in hits))
+                raise BackendError(f"{target!r} is ambiguous: matches {names}")
+            raise DomainNotFound(f"no domain named {target!r}")
 
         return self._call(run)
 
