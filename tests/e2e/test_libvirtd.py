@@ -1,0 +1,122 @@
+"""Through a real libvirtd: the power changes are visible to virsh, and a lost connection heals.
+
+libvirtd runs in the test's network namespace and in a private mount namespace (tmpfs /run),
+with its RPC socket in the test's scratch directory, so it never touches the system instance.
+``test+unix:///default`` is shared between connections while one stays open; xvmd holds one.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import XvmdFactory
+from tests.support.harness import Netns, fence_xvm, run
+
+pytestmark = [pytest.mark.e2e, pytest.mark.libvirtd]
+
+
+class Libvirtd:
+    def __init__(self, netns: Netns, scratch: Path) -> None:
+        self.netns = netns
+        self.scratch = scratch
+        self.sock_dir = scratch / "sock"
+        self.sock_dir.mkdir(parents=True, exist_ok=True)
+        self.conf = scratch / "libvirtd.conf"
+        self.conf.write_text(
+            f'unix_sock_dir = "{self.sock_dir}"\nunix_sock_rw_perms = "0770"\n'
+            'auth_unix_rw = "none"\nauth_unix_ro = "none"\n'
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.uri = f"test+unix:///default?socket={self.sock_dir}/libvirt-sock"
+
+    def start(self) -> None:
+        sock = self.sock_dir / "libvirt-sock"
+        sock.unlink(missing_ok=True)
+        inner = f"mount -t tmpfs tmpfs /run && exec libvirtd -f {self.conf}"
+        with open(self.scratch / "libvirtd.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                self.netns.cmd("unshare", "-m", "--propagation", "private", "sh", "-c", inner),
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if sock.exists() and self.virsh("uri").returncode == 0:
+                return
+            time.sleep(0.05)
+        raise RuntimeError("libvirtd did not come up")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def virsh(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run(["virsh", "-c", self.uri, *args], check=False, timeout=20)
+
+    def domstate(self, name: str) -> str:
+        return self.virsh("domstate", name).stdout.strip()
+
+
+@pytest.fixture
+def libvirtd(tmp_path: Path) -> Iterator[Libvirtd]:
+    ns = Netns()
+    lv = Libvirtd(ns, tmp_path / "libvirtd")
+    try:
+        lv.start()
+        yield lv
+    finally:
+        lv.kill()
+        ns.close()
+
+
+def test_off_and_on_really_happen_in_libvirtd(
+    libvirtd: Libvirtd, start_xvmd: XvmdFactory, key_file: Path
+) -> None:
+    d = start_xvmd(uri=libvirtd.uri, ns=libvirtd.netns)
+    ns = libvirtd.netns
+    common = ["-p", str(d.port), "-k", str(key_file), "-t", "10"]
+    assert libvirtd.domstate("test") == "running"
+    res = fence_xvm(ns, *common, "-o", "off", "-H", "test")
+    assert res.rc == 0, res.output + d.log()
+    assert libvirtd.domstate("test") == "shut off"
+    assert fence_xvm(ns, *common, "-o", "status", "-H", "test").rc == 2
+    res = fence_xvm(ns, *common, "-o", "on", "-H", "test")
+    assert res.rc == 0, res.output + d.log()
+    assert libvirtd.domstate("test") == "running"
+    res = fence_xvm(ns, *common, "-o", "reboot", "-H", "test")
+    assert res.rc == 0, res.output + d.log()
+    assert libvirtd.domstate("test") == "running"
+    uuid = "6695eb01-f6a4-8304-79aa-97f2502e193f"
+    assert fence_xvm(ns, *common, "-o", "off", "-H", uuid).rc == 0
+    assert libvirtd.domstate("test") == "shut off"
+
+
+def test_lost_libvirtd_connection_fails_fast_and_heals_without_restart(
+    libvirtd: Libvirtd, start_xvmd: XvmdFactory, key_file: Path
+) -> None:
+    d = start_xvmd(uri=libvirtd.uri, ns=libvirtd.netns)
+    ns = libvirtd.netns
+    common = ["-p", str(d.port), "-k", str(key_file), "-t", "10"]
+    assert fence_xvm(ns, *common, "-o", "monitor").rc == 0
+    libvirtd.kill()
+    down = fence_xvm(ns, *common, "-o", "monitor")
+    assert down.rc == 1, down.output  # an honest failure, not a hang
+    assert down.seconds < 5
+    status = fence_xvm(ns, *common, "-o", "off", "-H", "test")
+    assert status.rc == 1
+    libvirtd.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if fence_xvm(ns, *common, "-o", "monitor").rc == 0:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("xvmd did not reconnect to libvirtd:\n" + d.log())
+    assert fence_xvm(ns, *common, "-o", "status", "-H", "test").rc == 0
+    assert d.proc is not None and d.proc.poll() is None
+    assert "lost" in d.log()
