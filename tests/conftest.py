@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "unit"))
-
-import refvectors  # noqa: E402
-from fakes import ManualClock  # noqa: E402
-
-from xvmd.protocol.auth import Key  # noqa: E402
+from tests.unit import refvectors
+from tests.unit.fakes import ManualClock
+from xvmd.protocol.auth import Key
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import logging
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -22,11 +23,23 @@ from .operations import Clock, Outcome
 from .protocol.wire import HostRecord, Op, Result
 
 T = TypeVar("T")
+log = logging.getLogger("xvmd")
 
 POWER_BUDGET = 25.0
 """Seconds a power action may take before the client is told it failed (client default: 30)."""
 QUERY_BUDGET = 10.0
 """Seconds for status, monitor and list."""
+
+
+def _log_late(op: Op, dom: DomainInfo, fut: asyncio.Future[Outcome]) -> None:
+    """The client was told FAIL already; the operator still learns what finally happened."""
+    if fut.cancelled():
+        return
+    exc = fut.exception()
+    outcome = f"error {exc}" if exc else f"{fut.result().result.label}: {fut.result().detail}"
+    log.warning(
+        "late result of %s on %s (client already told failed): %s", op.label, dom.name, outcome
+    )
 
 
 class Deadline(Exception):
@@ -128,6 +141,7 @@ class BackendRunner:
         try:
             outcome = await asyncio.wait_for(asyncio.shield(fut), timeout=deadline - loop.time())
         except TimeoutError:
+            fut.add_done_callback(functools.partial(_log_late, op, dom))
             return Outcome(
                 Result.FAIL, "timed out waiting for the hypervisor; the operation continues", dom
             )

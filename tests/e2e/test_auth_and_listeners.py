@@ -20,8 +20,23 @@ def test_every_hash_and_auth_combination(
     start_xvmd: XvmdFactory, netns: Netns, key_file: Path, hash_: str, auth: str
 ) -> None:
     d = start_xvmd("--hash", hash_, "--auth", auth)
-    res = fence_xvm(netns, "-p", str(d.port), "-k", str(key_file), "-t", "5",
-                    "-c", hash_, "-C", auth, "-o", "status", "-H", "vm-01")
+    res = fence_xvm(
+        netns,
+        "-p",
+        str(d.port),
+        "-k",
+        str(key_file),
+        "-t",
+        "5",
+        "-c",
+        hash_,
+        "-C",
+        auth,
+        "-o",
+        "status",
+        "-H",
+        "vm-01",
+    )
     assert (res.rc, res.stdout.strip()) == (0, "Status: ON"), res.output + d.log()
 
 
@@ -29,8 +44,21 @@ def test_stronger_hash_than_the_minimum_is_accepted(
     start_xvmd: XvmdFactory, netns: Netns, key_file: Path
 ) -> None:
     d = start_xvmd("--hash", "sha256")
-    res = fence_xvm(netns, "-p", str(d.port), "-k", str(key_file), "-t", "5", "-c", "sha512",
-                    "-o", "status", "-H", "vm-01")
+    res = fence_xvm(
+        netns,
+        "-p",
+        str(d.port),
+        "-k",
+        str(key_file),
+        "-t",
+        "5",
+        "-c",
+        "sha512",
+        "-o",
+        "status",
+        "-H",
+        "vm-01",
+    )
     assert res.rc == 0, res.output
 
 
@@ -38,8 +66,23 @@ def test_weaker_hash_is_dropped_and_counted(
     start_xvmd: XvmdFactory, netns: Netns, key_file: Path
 ) -> None:
     d = start_xvmd("--hash", "sha256")
-    res = fence_xvm(netns, "-p", str(d.port), "-k", str(key_file), "-t", "2", "-r", "10",
-                    "-c", "sha1", "-o", "off", "-H", "vm-02")
+    res = fence_xvm(
+        netns,
+        "-p",
+        str(d.port),
+        "-k",
+        str(key_file),
+        "-t",
+        "2",
+        "-r",
+        "10",
+        "-c",
+        "sha1",
+        "-o",
+        "off",
+        "-H",
+        "vm-02",
+    )
     assert res.rc == 1
     assert "Timed out waiting for response" in res.output
     d.stop()
@@ -52,8 +95,21 @@ def test_wrong_key_is_dropped_without_callback(
 ) -> None:
     d = start_xvmd()
     other = make_key(tmp_path / "other.key")
-    res = fence_xvm(netns, "-p", str(d.port), "-k", str(other), "-t", "2", "-r", "10",
-                    "-o", "off", "-H", "vm-03")
+    res = fence_xvm(
+        netns,
+        "-p",
+        str(d.port),
+        "-k",
+        str(other),
+        "-t",
+        "2",
+        "-r",
+        "10",
+        "-o",
+        "off",
+        "-H",
+        "vm-03",
+    )
     assert res.rc == 1
     assert "Timed out waiting for response" in res.output
     d.stop()
@@ -64,12 +120,38 @@ def test_auth_mismatch_fails_the_session_and_is_logged(
     start_xvmd: XvmdFactory, netns: Netns, key_file: Path
 ) -> None:
     d = start_xvmd("--auth", "sha512")
-    res = fence_xvm(netns, "-p", str(d.port), "-k", str(key_file), "-t", "3", "-C", "sha256",
-                    "-o", "off", "-H", "vm-04")
+    res = fence_xvm(
+        netns,
+        "-p",
+        str(d.port),
+        "-k",
+        str(key_file),
+        "-t",
+        "3",
+        "-C",
+        "sha256",
+        "-o",
+        "off",
+        "-H",
+        "vm-04",
+    )
     assert res.rc != 0
     assert d.wait_for_log("authentication failed")
-    status = fence_xvm(netns, "-p", str(d.port), "-k", str(key_file), "-t", "5", "-C", "sha512",
-                       "-o", "status", "-H", "vm-04")
+    status = fence_xvm(
+        netns,
+        "-p",
+        str(d.port),
+        "-k",
+        str(key_file),
+        "-t",
+        "5",
+        "-C",
+        "sha512",
+        "-o",
+        "status",
+        "-H",
+        "vm-04",
+    )
     assert status.rc == 0, "the failed session must not have powered vm-04 off"
 
 
@@ -80,8 +162,9 @@ def test_short_key_file_works_as_raw_bytes(
     key.write_bytes(b"test-key-0123456789abcdefXYZ\n")  # trailing newline is part of the key
     key.chmod(0o600)
     d = start_xvmd(key=key)
-    res = fence_xvm(netns, "-p", str(d.port), "-k", str(key), "-t", "5", "-o", "status",
-                    "-H", "vm-01")
+    res = fence_xvm(
+        netns, "-p", str(d.port), "-k", str(key), "-t", "5", "-o", "status", "-H", "vm-01"
+    )
     assert res.rc == 0, res.output
 
 
@@ -91,11 +174,37 @@ def test_ipv6_multicast(start_xvmd: XvmdFactory, key_file: Path, tmp_path: Path)
         iface = ns.add_ipv6_link()
         d = start_xvmd("-i", "ipv6", ns=ns, interface=iface)
         assert "ff05::3:1" in d.log()
-        res = fence_xvm(ns, "-i", "ipv6", "-p", str(d.port), "-k", str(key_file), "-t", "5",
-                        "-o", "off", "-H", "vm-09")
+        res = fence_xvm(
+            ns,
+            "-i",
+            "ipv6",
+            "-p",
+            str(d.port),
+            "-k",
+            str(key_file),
+            "-t",
+            "5",
+            "-o",
+            "off",
+            "-H",
+            "vm-09",
+        )
         assert res.rc == 0, res.output + d.log()
-        res = fence_xvm(ns, "-a", "ff05::3:1", "-p", str(d.port), "-k", str(key_file), "-t", "5",
-                        "-o", "status", "-H", "vm-09")
+        res = fence_xvm(
+            ns,
+            "-a",
+            "ff05::3:1",
+            "-p",
+            str(d.port),
+            "-k",
+            str(key_file),
+            "-t",
+            "5",
+            "-o",
+            "status",
+            "-H",
+            "vm-09",
+        )
         assert res.rc == 2, res.output
         assert d.wait_for_log("fd00::1 off 'vm-09' -> success")
         d.stop()
@@ -103,22 +212,35 @@ def test_ipv6_multicast(start_xvmd: XvmdFactory, key_file: Path, tmp_path: Path)
         ns.close()
 
 
-def test_auto_family_serves_both_default_groups(
-    start_xvmd: XvmdFactory, key_file: Path
-) -> None:
+def test_auto_family_serves_both_default_groups(start_xvmd: XvmdFactory, key_file: Path) -> None:
     ns = Netns()
     try:
         iface = ns.add_ipv6_link()
         d = start_xvmd(ns=ns, interface=iface)
-        v6 = fence_xvm(ns, "-i", "ipv6", "-p", str(d.port), "-k", str(key_file), "-t", "5",
-                       "-o", "status", "-H", "vm-01")
+        v6 = fence_xvm(
+            ns,
+            "-i",
+            "ipv6",
+            "-p",
+            str(d.port),
+            "-k",
+            str(key_file),
+            "-t",
+            "5",
+            "-o",
+            "status",
+            "-H",
+            "vm-01",
+        )
         assert v6.rc == 0, v6.output + d.log()
         d.stop()
     finally:
         ns.close()
 
 
-def test_tcp_listener_serves_fence_virt(start_xvmd: XvmdFactory, netns: Netns, key_file: Path) -> None:
+def test_tcp_listener_serves_fence_virt(
+    start_xvmd: XvmdFactory, netns: Netns, key_file: Path
+) -> None:
     d = start_xvmd("--tcp")
     assert f"TCP 127.0.0.1 port {d.port}" in d.log()
     common = ["-T", "127.0.0.1", "-p", str(d.port), "-k", str(key_file), "-t", "5"]
@@ -136,6 +258,20 @@ def test_tcp_listener_on_explicit_address_and_port(
     start_xvmd: XvmdFactory, netns: Netns, key_file: Path, port: int
 ) -> None:
     d = start_xvmd("--tcp", f"[::1]:{port}")
-    res = fence_xvm(netns, "-T", "::1", "-p", str(port), "-k", str(key_file), "-t", "5",
-                    "-o", "status", "-H", "vm-01", program=FENCE_VIRT)
+    res = fence_xvm(
+        netns,
+        "-T",
+        "::1",
+        "-p",
+        str(port),
+        "-k",
+        str(key_file),
+        "-t",
+        "5",
+        "-o",
+        "status",
+        "-H",
+        "vm-01",
+        program=FENCE_VIRT,
+    )
     assert res.rc == 0, res.output + d.log()

@@ -32,10 +32,22 @@ def fixture_domains() -> dict[str, tuple[str, int]]:
 
 
 @pytest.fixture(scope="module")
-def daemon(netns: Netns, key_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Xvmd]:
+def daemon(
+    netns: Netns, key_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Xvmd]:
     log = tmp_path_factory.mktemp("xvmd") / "xvmd.log"
-    args = ["--local", "--no-ccs", "-k", str(key_file), "-I", "lo", "-p", str(PORT),
-            "-U", f"test://{DOMAINS_XML}"]
+    args = [
+        "--local",
+        "--no-ccs",
+        "-k",
+        str(key_file),
+        "-I",
+        "lo",
+        "-p",
+        str(PORT),
+        "-U",
+        f"test://{DOMAINS_XML}",
+    ]
     d = Xvmd(netns, args, log, port=PORT).start()
     yield d
     d.stop()
@@ -44,8 +56,9 @@ def daemon(netns: Netns, key_file: Path, tmp_path_factory: pytest.TempPathFactor
 @pytest.fixture
 def xvm(netns: Netns, key_file: Path, daemon: Xvmd) -> Iterator[object]:
     def call(*args: str) -> ClientResult:
-        return fence_xvm(netns, "-a", "225.0.0.12", "-p", str(PORT), "-k", str(key_file),
-                         "-t", "5", *args)
+        return fence_xvm(
+            netns, "-a", "225.0.0.12", "-p", str(PORT), "-k", str(key_file), "-t", "5", *args
+        )
 
     yield call
 
@@ -152,7 +165,9 @@ def test_names_match_case_insensitively_only_when_unique(xvm) -> None:
     assert xvm("-o", "status", "-H", "DB").rc == 0
 
 
-def test_every_request_is_logged_with_requester_op_target_result_and_time(xvm, daemon: Xvmd) -> None:
+def test_every_request_is_logged_with_requester_op_target_result_and_time(
+    xvm, daemon: Xvmd
+) -> None:
     xvm("-o", "status", "-H", "vm-08")
     assert daemon.wait_for_log("status 'vm-08'")
     line = next(ln for ln in daemon.log().splitlines() if "status 'vm-08'" in ln)

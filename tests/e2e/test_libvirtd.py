@@ -7,6 +7,8 @@ with its RPC socket in the test's scratch directory, so it never touches the sys
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -41,7 +43,8 @@ class Libvirtd:
         with open(self.scratch / "libvirtd.log", "ab") as log:
             self.proc = subprocess.Popen(
                 self.netns.cmd("unshare", "-m", "--propagation", "private", "sh", "-c", inner),
-                stdout=log, stderr=subprocess.STDOUT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
@@ -120,3 +123,33 @@ def test_lost_libvirtd_connection_fails_fast_and_heals_without_restart(
     assert fence_xvm(ns, *common, "-o", "status", "-H", "test").rc == 0
     assert d.proc is not None and d.proc.poll() is None
     assert "lost" in d.log()
+
+
+def test_hung_libvirtd_fails_requests_within_budget_in_parallel(
+    libvirtd: Libvirtd, start_xvmd: XvmdFactory, key_file: Path
+) -> None:
+    d = start_xvmd(uri=libvirtd.uri, ns=libvirtd.netns)
+    ns = libvirtd.netns
+    assert libvirtd.proc is not None
+    common = ["-p", str(d.port), "-k", str(key_file), "-t", "30"]
+    assert fence_xvm(ns, *common, "-o", "status", "-H", "test").rc == 0
+    os.kill(libvirtd.proc.pid, signal.SIGSTOP)  # libvirtd stops answering, sockets stay open
+    try:
+        t0 = time.monotonic()
+        clients = [
+            subprocess.Popen(
+                ns.cmd("fence_xvm", *common, "-o", op, "-H", "test"),
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            )
+            for op in ("status", "off", "monitor")
+        ]
+        rcs = [c.wait(timeout=60) for c in clients]
+        elapsed = time.monotonic() - t0
+    finally:
+        os.kill(libvirtd.proc.pid, signal.SIGCONT)
+    # Each fails on its own budget (10 s for queries, 25 s for power actions), concurrently:
+    # a serial daemon would have needed the sum, or hung for ever.
+    assert rcs == [1, 1, 1]
+    assert elapsed < 30, elapsed
+    assert fence_xvm(ns, *common, "-o", "status", "-H", "test").rc == 0
+    assert "no answer from the hypervisor in time" in d.log() or "timed out" in d.log()

@@ -76,7 +76,9 @@ def _duplicate_scenario(port: int, key_bytes: bytes) -> tuple[int | None, bool, 
     return first.result, second.connected, third.result
 
 
-def test_duplicates_are_dropped_and_logged(start_xvmd: XvmdFactory, netns: Netns, key_file: Path) -> None:
+def test_duplicates_are_dropped_and_logged(
+    start_xvmd: XvmdFactory, netns: Netns, key_file: Path
+) -> None:
     d = start_xvmd()
     first, second_connected, third = run_in_netns(
         netns, _duplicate_scenario, d.port, key_file.read_bytes()
@@ -105,9 +107,13 @@ def _failed_callback_scenario(port: int, key_bytes: bytes) -> tuple[bool, int | 
     return reply.connected, reply.result
 
 
-def test_failed_callback_is_not_recorded(start_xvmd: XvmdFactory, netns: Netns, key_file: Path) -> None:
+def test_failed_callback_is_not_recorded(
+    start_xvmd: XvmdFactory, netns: Netns, key_file: Path
+) -> None:
     d = start_xvmd()
-    connected, result = run_in_netns(netns, _failed_callback_scenario, d.port, key_file.read_bytes())
+    connected, result = run_in_netns(
+        netns, _failed_callback_scenario, d.port, key_file.read_bytes()
+    )
     assert d.wait_for_log("cannot call back 127.0.0.1")
     assert connected and result == 0, d.log()
 
@@ -134,8 +140,9 @@ def test_garbage_datagrams_are_counted_and_valid_requests_still_served(
     d = start_xvmd()
     result = run_in_netns(netns, _garbage_scenario, d.port, key_file.read_bytes(), 2000)
     assert result == 0
-    real = fence_xvm(netns, "-p", str(d.port), "-k", str(key_file), "-t", "5", "-o", "status",
-                     "-H", "vm-13")
+    real = fence_xvm(
+        netns, "-p", str(d.port), "-k", str(key_file), "-t", "5", "-o", "status", "-H", "vm-13"
+    )
     assert real.rc == 0
     d.stop()
     log = d.log()
@@ -177,8 +184,19 @@ def test_unsigned_requests_need_hash_none(start_xvmd: XvmdFactory, netns: Netns)
 
 
 def _args(port: int, key: str, *extra: str) -> list[str]:
-    return ["--local", "--no-ccs", "-k", key, "-I", "lo", "-p", str(port), "-U", "test:///default",
-            *extra]
+    return [
+        "--local",
+        "--no-ccs",
+        "-k",
+        key,
+        "-I",
+        "lo",
+        "-p",
+        str(port),
+        "-U",
+        "test:///default",
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ sends can leave the machine. Every process is stopped by its own PID; every name
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -37,7 +38,9 @@ def missing_prerequisites() -> list[str]:
     return missing
 
 
-def run(cmd: Sequence[str], timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: Sequence[str], timeout: float = 30, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, check=check)
 
 
@@ -66,10 +69,8 @@ class Netns:
     def close(self) -> None:
         pids = run(["ip", "netns", "pids", self.name], check=False).stdout.split()
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         run(["ip", "netns", "del", self.name], check=False)
 
 
@@ -146,12 +147,17 @@ def run_xvmd_once(netns: Netns, args: Sequence[str], timeout: float = 15) -> Cli
     t0 = time.monotonic()
     proc = subprocess.run(
         netns.cmd(sys.executable, "-m", "xvmd", *args),
-        capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
     )
     return ClientResult(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - t0)
 
 
-def fence_xvm(netns: Netns, *args: str, timeout: float = 40, program: str = FENCE_XVM) -> ClientResult:
+def fence_xvm(
+    netns: Netns, *args: str, timeout: float = 40, program: str = FENCE_XVM
+) -> ClientResult:
     """Run the stock client inside the namespace, under a test-side timeout as well."""
     t0 = time.monotonic()
     proc = subprocess.run(

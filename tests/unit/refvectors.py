@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-VECTOR_DIR = Path(
-    os.environ.get("XVMD_REFERENCE_VECTORS", "/work/shared/reference/vectors")
-)
+# The reference material sits beside the checkout: <checkout>/../shared/reference/vectors
+_DEFAULT_DIR = Path(__file__).resolve().parents[3] / "shared" / "reference" / "vectors"
+VECTOR_DIR = Path(os.environ.get("XVMD_REFERENCE_VECTORS", str(_DEFAULT_DIR)))
 AVAILABLE = (VECTOR_DIR / "sessions.json").is_file() and (VECTOR_DIR / "fence_xvm.key").is_file()
 SKIP_REASON = f"captured reference vectors not found in {VECTOR_DIR}"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-import refvectors
-from refvectors import TcpExchange, UdpVector
 
+from tests.unit import refvectors
+from tests.unit.refvectors import TcpExchange, UdpVector
 from xvmd.protocol.auth import Key, Rejected, sign_request, verify_request
 from xvmd.protocol.wire import (
     HASH_OFFSET,
@@ -121,12 +121,13 @@ def test_sign_request_reproduces_captured_signature(vec: UdpVector, ref_key: Key
 
 
 @pytest.mark.parametrize("vec", SIGNED, ids=lambda v: v.id)
-def test_captured_digest_is_plain_hash_of_key_and_packet(vec: UdpVector, ref_key_bytes: bytes) -> None:
+def test_captured_digest_is_plain_hash(vec: UdpVector, ref_key_bytes: bytes) -> None:
     """Independent of xvmd: H(key || packet-with-zero-hash), zero-padded (not an HMAC)."""
     ht = HashType(vec.fields["hashtype"])
-    digest = hashlib.new(ht.label, ref_key_bytes + vec.raw[:HASH_OFFSET] + b"\0" * 64).digest()
+    message = vec.raw[:HASH_OFFSET] + b"\0" * 64
+    digest = hashlib.new(ht.label, ref_key_bytes + message).digest()
     assert vec.raw[HASH_OFFSET:] == digest + b"\0" * (64 - len(digest))
-    assert Key(ref_key_bytes).digest(ht, vec.raw[:HASH_OFFSET] + b"\0" * 64) == vec.raw[HASH_OFFSET:]
+    assert Key(ref_key_bytes).digest(ht, message) == vec.raw[HASH_OFFSET:]
 
 
 # -- tampering -----------------------------------------------------------------------------------
@@ -211,7 +212,9 @@ def test_verify_returns_the_matching_key() -> None:
         assert verify_request(parse_request(raw), HashType.SHA256, [k1, k2]) is key
 
 
-@pytest.mark.parametrize("keys", [[], [Key(b"")], [Key(b""), Key(b"")]], ids=["none", "empty", "2empty"])
+@pytest.mark.parametrize(
+    "keys", [[], [Key(b"")], [Key(b""), Key(b"")]], ids=["none", "empty", "two-empty"]
+)
 def test_no_usable_key(keys: list[Key]) -> None:
     req = _signed(HashType.SHA256)
     with pytest.raises(Rejected) as info:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import refvectors
-from refvectors import TEST_DOMAIN, TEST_UUID, TcpExchange
 
+from tests.unit import refvectors
+from tests.unit.refvectors import TEST_DOMAIN, TEST_UUID, TcpExchange
 from xvmd.protocol.auth import Key
 from xvmd.protocol.session import AUTH_STEP_TIMEOUT, Phase, ServerSession
 from xvmd.protocol.wire import HashType, HostRecord, Result, encode_hostlist

@@ -5,9 +5,9 @@ from __future__ import annotations
 import struct
 
 import pytest
-import refvectors
-from refvectors import TEST_DOMAIN, TEST_UUID, UdpVector
 
+from tests.unit import refvectors
+from tests.unit.refvectors import TEST_DOMAIN, TEST_UUID, UdpVector
 from xvmd.protocol.wire import (
     HASH_OFFSET,
     HOST_RECORD_SIZE,
