@@ -161,11 +161,15 @@ def run(argv: Sequence[str]) -> int:
     xlog.setup(settings.debug)
     log = logging.getLogger("xvmd")
     keys: list[Key] = []
-    if settings.needs_key:
-        try:
-            key, warnings = load_key(settings.key_file)
-        except KeyFileError as exc:
+    try:
+        key, warnings = load_key(settings.key_file)
+    except KeyFileError as exc:
+        if settings.needs_key:
             return _fail(f"{exc}; refusing to run without authentication")
+        # --hash none --auth none: the key is optional, but without it requests that a client
+        # signed anyway (fence_xvm signs with sha256 unless told -c none) cannot be verified.
+        log.warning("%s: only unsigned requests (fence_xvm -c none) can be served", exc)
+    else:
         for warning in warnings:
             log.warning("%s", warning)
         keys.append(key)

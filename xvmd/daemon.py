@@ -39,6 +39,10 @@ def _bind_error(what: str, exc: OSError) -> StartupError:
         return StartupError(
             f"{what}: address already in use (is fence_virtd or another xvmd running?)"
         )
+    if exc.errno == errno.ENODEV:
+        return StartupError(
+            f"{what}: no interface to join the group on (no multicast route); name one with -I"
+        )
     if exc.errno == errno.EACCES:
         return StartupError(f"{what}: permission denied")
     return StartupError(f"{what}: {exc.strerror or exc}")

@@ -29,6 +29,8 @@ POWER_BUDGET = 25.0
 """Seconds a power action may take before the client is told it failed (client default: 30)."""
 QUERY_BUDGET = 10.0
 """Seconds for status, monitor and list."""
+RESULT_MARGIN = 0.5
+"""Seconds kept free at the end of a budget to deliver the result."""
 
 
 def _log_late(op: Op, dom: DomainInfo, fut: asyncio.Future[Outcome]) -> None:
@@ -91,26 +93,30 @@ class BackendRunner:
 
     async def fence(self, op: Op, target: str, deadline: float) -> Outcome:
         """Resolve ``target`` and carry out ``op``, serialised per domain, within ``deadline``."""
-        loop = asyncio.get_running_loop()
+        budget = deadline - asyncio.get_running_loop().time()
         try:
             if not op.needs_domain:
-                return await self._run(deadline, self._perform, op, None)
+                return await self._run(deadline, self._perform, op, None, deadline)
             dom = await self._run(deadline, operations.resolve, self.backend, target)
-            if dom is None:
-                return operations.perform(self.backend, op, None, self._clock)
+            if dom is None or not op.is_power_action:
+                # Status only reads: it needs no lock, so it never waits behind a slow power
+                # action on the same domain.
+                return operations.perform(self.backend, op, dom, self._clock)
             return await self._fence_domain(op, dom, deadline)
         except Deadline:
-            budget = deadline - loop.time()
-            return Outcome(Result.FAIL, f"no answer from the hypervisor in time ({budget:+.1f}s)")
+            return Outcome(Result.FAIL, f"no answer from the hypervisor within {budget:g}s")
         except BackendError as exc:
             return Outcome(Result.FAIL, f"hypervisor error: {exc}")
 
-    def _perform(self, op: Op, dom: DomainInfo | None) -> Outcome:
+    def _perform(self, op: Op, dom: DomainInfo | None, deadline: float) -> Outcome:
         # Runs in a worker, after this domain's lock was taken: re-read the state, since a
         # previous operation on the same domain may just have changed it.
         if dom is not None:
             dom = self.backend.state(dom.uuid)
-        return operations.perform(self.backend, op, dom, self._clock, self._confirm_timeout)
+        # Finish waiting a little before the request's deadline, so the honest answer (not a
+        # timeout) reaches the client.
+        wait = min(self._confirm_timeout, deadline - self._clock.now() - RESULT_MARGIN)
+        return operations.perform(self.backend, op, dom, self._clock, max(wait, 0.0))
 
     async def _fence_domain(self, op: Op, dom: DomainInfo, deadline: float) -> Outcome:
         loop = asyncio.get_running_loop()
@@ -136,7 +142,7 @@ class BackendRunner:
             leave()
             raise
         # From here the lock is released only when the worker has really finished.
-        fut = loop.run_in_executor(self._pool, self._perform, op, dom)
+        fut = loop.run_in_executor(self._pool, self._perform, op, dom, deadline)
         fut.add_done_callback(lambda _f: release())
         try:
             outcome = await asyncio.wait_for(asyncio.shield(fut), timeout=deadline - loop.time())

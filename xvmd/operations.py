@@ -59,8 +59,11 @@ def perform(
 ) -> Outcome:
     """Carry out ``op`` on the resolved domain ``dom`` (None: the request named no existing one).
 
+    ``confirm_timeout`` bounds all waiting for states together (a reboot waits twice), so the
+    answer comes within it plus the duration of the hypervisor calls themselves.
     Backend errors become FAIL outcomes with the reason in ``detail``.
     """
+    deadline = _Deadline(clock, clock.now() + confirm_timeout)
     try:
         match op:
             case Op.NULL:
@@ -72,11 +75,11 @@ def perform(
             case Op.STATUS:
                 return _status(dom)
             case Op.OFF:
-                return _off(backend, dom, clock, confirm_timeout)
+                return _off(backend, dom, deadline)
             case Op.ON:
-                return _on(backend, dom, clock, confirm_timeout)
+                return _on(backend, dom, deadline)
             case Op.REBOOT:
-                return _reboot(backend, dom, clock, confirm_timeout)
+                return _reboot(backend, dom, deadline)
             case _:
                 return Outcome(Result.FAIL, f"{op.label} is not a per-domain operation")
     except BackendUnavailable as exc:
@@ -94,21 +97,28 @@ def _status(dom: DomainInfo | None) -> Outcome:
     return Outcome(Result.SUCCESS, dom.state.label, dom)
 
 
+@dataclass(frozen=True, slots=True)
+class _Deadline:
+    clock: Clock
+    at: float
+
+    def expired(self) -> bool:
+        return self.clock.now() >= self.at
+
+
 def _wait_for(
     backend: Backend,
     dom: DomainInfo,
     done: Callable[[DomainInfo | None], bool],
-    clock: Clock,
-    timeout: float,
+    deadline: _Deadline,
 ) -> tuple[bool, DomainInfo | None]:
-    deadline = clock.now() + timeout
     while True:
         current = backend.state(dom.uuid)
         if done(current):
             return True, current
-        if clock.now() >= deadline:
+        if deadline.expired():
             return False, current
-        clock.sleep(POLL_INTERVAL)
+        deadline.clock.sleep(POLL_INTERVAL)
 
 
 def _is_off(info: DomainInfo | None) -> bool:
@@ -119,7 +129,7 @@ def _is_running(info: DomainInfo | None) -> bool:
     return info is not None and info.state in _RUNNING
 
 
-def _power_off(backend: Backend, dom: DomainInfo, clock: Clock, timeout: float) -> Outcome | None:
+def _power_off(backend: Backend, dom: DomainInfo, deadline: _Deadline) -> Outcome | None:
     """Destroy and confirm. None on success, else the failing Outcome."""
     try:
         backend.destroy(dom.uuid)
@@ -130,23 +140,23 @@ def _power_off(backend: Backend, dom: DomainInfo, clock: Clock, timeout: float) 
         current = backend.state(dom.uuid)
         if not _is_off(current):
             return Outcome(Result.FAIL, f"destroy failed: {exc}", dom)
-    ok, current = _wait_for(backend, dom, _is_off, clock, timeout)
+    ok, current = _wait_for(backend, dom, _is_off, deadline)
     if not ok:
         state = current.state.label if current else "gone"
-        return Outcome(Result.FAIL, f"still {state} {timeout:g}s after destroy", dom)
+        return Outcome(Result.FAIL, f"still {state} after destroy (gave up waiting)", dom)
     return None
 
 
-def _off(backend: Backend, dom: DomainInfo | None, clock: Clock, timeout: float) -> Outcome:
+def _off(backend: Backend, dom: DomainInfo | None, deadline: _Deadline) -> Outcome:
     if dom is None:
         return Outcome(Result.FAIL, "no such domain")
     if dom.state is S.SHUTOFF:
         return Outcome(Result.SUCCESS, "already shut off", dom)
-    failed = _power_off(backend, dom, clock, timeout)
+    failed = _power_off(backend, dom, deadline)
     return failed or Outcome(Result.SUCCESS, f"powered off (was {dom.state.label})", dom)
 
 
-def _power_on(backend: Backend, dom: DomainInfo, clock: Clock, timeout: float) -> Outcome:
+def _power_on(backend: Backend, dom: DomainInfo, deadline: _Deadline) -> Outcome:
     current = backend.state(dom.uuid)
     if _is_running(current):
         return Outcome(Result.SUCCESS, "already running", dom)
@@ -158,7 +168,7 @@ def _power_on(backend: Backend, dom: DomainInfo, clock: Clock, timeout: float) -
         else:
             if current.state is not S.SHUTOFF:
                 # Crashed or stuck shutting down: it must be off before it can boot again.
-                failed = _power_off(backend, dom, clock, timeout)
+                failed = _power_off(backend, dom, deadline)
                 if failed:
                     return failed
             backend.start(dom.uuid)
@@ -167,20 +177,20 @@ def _power_on(backend: Backend, dom: DomainInfo, clock: Clock, timeout: float) -
     except BackendError as exc:
         if not _is_running(backend.state(dom.uuid)):
             return Outcome(Result.FAIL, f"start failed: {exc}", dom)
-    ok, current = _wait_for(backend, dom, _is_running, clock, timeout)
+    ok, current = _wait_for(backend, dom, _is_running, deadline)
     if not ok:
         state = current.state.label if current else "gone"
-        return Outcome(Result.FAIL, f"still {state} {timeout:g}s after start", dom)
+        return Outcome(Result.FAIL, f"still {state} after start (gave up waiting)", dom)
     return Outcome(Result.SUCCESS, "running", dom)
 
 
-def _on(backend: Backend, dom: DomainInfo | None, clock: Clock, timeout: float) -> Outcome:
+def _on(backend: Backend, dom: DomainInfo | None, deadline: _Deadline) -> Outcome:
     if dom is None:
         return Outcome(Result.FAIL, "no such domain")
-    return _power_on(backend, dom, clock, timeout)
+    return _power_on(backend, dom, deadline)
 
 
-def _reboot(backend: Backend, dom: DomainInfo | None, clock: Clock, timeout: float) -> Outcome:
+def _reboot(backend: Backend, dom: DomainInfo | None, deadline: _Deadline) -> Outcome:
     if dom is None:
         return Outcome(Result.FAIL, "no such domain")
     if dom.state is S.SHUTOFF:
@@ -188,7 +198,7 @@ def _reboot(backend: Backend, dom: DomainInfo | None, clock: Clock, timeout: flo
         # cluster has just given up on.
         return Outcome(Result.SUCCESS, "already shut off; left off", dom)
     xml = None if dom.persistent else backend.definition(dom.uuid)
-    failed = _power_off(backend, dom, clock, timeout)
+    failed = _power_off(backend, dom, deadline)
     if failed:
         return failed
     if xml is not None:
@@ -198,11 +208,11 @@ def _reboot(backend: Backend, dom: DomainInfo | None, clock: Clock, timeout: flo
             raise
         except BackendError as exc:
             return Outcome(Result.FAIL, f"powered off, but re-creating it failed: {exc}", dom)
-        ok, _ = _wait_for(backend, dom, _is_running, clock, timeout)
+        ok, _ = _wait_for(backend, dom, _is_running, deadline)
         if not ok:
             return Outcome(Result.FAIL, "powered off, but it did not come back", dom)
         return Outcome(Result.SUCCESS, "rebooted (transient domain re-created)", dom)
-    restarted = _power_on(backend, dom, clock, timeout)
+    restarted = _power_on(backend, dom, deadline)
     if restarted.result is not Result.SUCCESS:
         return Outcome(Result.FAIL, f"powered off, but {restarted.detail}", dom)
     return Outcome(Result.SUCCESS, "rebooted", dom)

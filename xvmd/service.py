@@ -40,6 +40,7 @@ log = logging.getLogger("xvmd")
 reqlog = logging.getLogger("xvmd.request")
 
 WRITE_TIMEOUT = 10.0
+BUSY_LOG_INTERVAL = 10.0
 
 
 @dataclass
@@ -76,6 +77,7 @@ class FenceService:
         self._now = now or asyncio.get_event_loop().time
         self._random = random_bytes
         self._tasks: set[asyncio.Task[None]] = set()
+        self._busy_logged = float("-inf")
 
     @property
     def active_sessions(self) -> int:
@@ -103,7 +105,10 @@ class FenceService:
         admission = self.history.admit(req, now)
         if admission is Admission.DUPLICATE:
             self.stats.drop("duplicate")
-            log.info(
+            # The first copy is news to an operator; a replay storm must not flood the log.
+            level = logging.INFO if self.history.copies(req) <= 1 else logging.DEBUG
+            log.log(
+                level,
                 "duplicate %s %s seqno %d from %s dropped (already handled)",
                 req.op.label,
                 _target(req),
@@ -119,13 +124,16 @@ class FenceService:
         if len(self._tasks) >= self.max_sessions:
             self.history.forget(req)
             self.stats.drop("busy")
-            log.warning(
-                "too busy (%d sessions); dropped %s %s from %s, the client will retransmit",
-                len(self._tasks),
-                req.op.label,
-                _target(req),
-                req.address,
-            )
+            if now - self._busy_logged >= BUSY_LOG_INTERVAL:
+                self._busy_logged = now
+                log.warning(
+                    "too busy (%d sessions): dropping requests, clients will retransmit "
+                    "(latest: %s %s from %s)",
+                    len(self._tasks),
+                    req.op.label,
+                    _target(req),
+                    req.address,
+                )
             return
         self._spawn(self._serve_datagram(req, key))
 

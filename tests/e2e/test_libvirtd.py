@@ -152,4 +152,4 @@ def test_hung_libvirtd_fails_requests_within_budget_in_parallel(
     assert rcs == [1, 1, 1]
     assert elapsed < 30, elapsed
     assert fence_xvm(ns, *common, "-o", "status", "-H", "test").rc == 0
-    assert "no answer from the hypervisor in time" in d.log() or "timed out" in d.log()
+    assert "no answer from the hypervisor within" in d.log()

@@ -6,7 +6,8 @@ Rules for this module:
    and further copies with a different callback address are kept as alternates: the stock client
    sends one copy per local address, and if the first address cannot be reached the next one may
    (fence_virtd drops them, so a client with one unreachable address fails there).
-3. Memory is bounded: at most ``max_entries`` keys; the oldest are evicted first.
+3. Memory is bounded: at most ``max_entries`` recorded and as many pending keys; the oldest go
+   first. Pending and recorded keys live apart, so a slow callback never delays expiry.
 """
 
 from __future__ import annotations
@@ -37,41 +38,59 @@ def request_key(req: FenceRequest) -> RequestKey:
 
 
 @dataclass
-class _Entry:
-    recorded_at: float | None = None
+class _Pending:
     tried: set[tuple[str, int] | None] = field(default_factory=set)
     alternates: list[FenceRequest] = field(default_factory=list)
+    copies: int = 0
+
+
+@dataclass
+class _Recorded:
+    at: float
+    copies: int = 0
 
 
 class History:
     def __init__(self, window: float = DUPLICATE_WINDOW, max_entries: int = 65536) -> None:
         self.window = window
         self.max_entries = max_entries
-        self._entries: OrderedDict[RequestKey, _Entry] = OrderedDict()
+        self._pending: OrderedDict[RequestKey, _Pending] = OrderedDict()
+        self._recorded: OrderedDict[RequestKey, _Recorded] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._pending) + len(self._recorded)
 
     def admit(self, req: FenceRequest, now: float) -> Admission:
         self._purge(now)
         key = request_key(req)
-        entry = self._entries.get(key)
-        if entry is None:
-            entry = _Entry()
-            entry.tried.add(req.callback)
-            self._entries[key] = entry
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+        recorded = self._recorded.get(key)
+        if recorded is not None:
+            recorded.copies += 1
+            return Admission.DUPLICATE
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = _Pending()
+            pending.tried.add(req.callback)
+            self._pending[key] = pending
+            if len(self._pending) > self.max_entries:
+                self._pending.popitem(last=False)
             return Admission.NEW
-        if entry.recorded_at is None and req.callback not in entry.tried:
-            entry.tried.add(req.callback)
-            entry.alternates.append(req)
+        pending.copies += 1
+        if req.callback not in pending.tried:
+            pending.tried.add(req.callback)
+            pending.alternates.append(req)
             return Admission.ALTERNATE
         return Admission.DUPLICATE
 
+    def copies(self, req: FenceRequest) -> int:
+        """How many further copies of this request arrived so far (for quieter logging)."""
+        key = request_key(req)
+        entry = self._recorded.get(key) or self._pending.get(key)
+        return entry.copies if entry is not None else 0
+
     def next_alternate(self, req: FenceRequest) -> FenceRequest | None:
         """After a failed callback: the next copy to try, or None (then call ``forget``)."""
-        entry = self._entries.get(request_key(req))
+        entry = self._pending.get(request_key(req))
         if entry is None or not entry.alternates:
             return None
         return entry.alternates.pop(0)
@@ -79,19 +98,21 @@ class History:
     def record(self, req: FenceRequest, now: float) -> None:
         """The callback reached the client: copies arriving within the window are duplicates."""
         key = request_key(req)
-        entry = self._entries.pop(key, None) or _Entry()
-        entry.recorded_at = now
-        entry.alternates.clear()
-        self._entries[key] = entry  # re-inserted at the end: entries stay ordered by age
+        pending = self._pending.pop(key, None)
+        self._recorded.pop(key, None)
+        self._recorded[key] = _Recorded(now, pending.copies if pending else 0)
+        if len(self._recorded) > self.max_entries:
+            self._recorded.popitem(last=False)
 
     def forget(self, req: FenceRequest) -> None:
         """The callback failed for every copy: a retransmit must be served again."""
-        self._entries.pop(request_key(req), None)
+        self._pending.pop(request_key(req), None)
 
     def _purge(self, now: float) -> None:
         limit = now - self.window
-        while self._entries:
-            key, entry = next(iter(self._entries.items()))
-            if entry.recorded_at is None or entry.recorded_at > limit:
+        recorded = self._recorded
+        while recorded:
+            key, entry = next(iter(recorded.items()))
+            if entry.at > limit:
                 break
-            del self._entries[key]
+            del recorded[key]
