@@ -10,7 +10,7 @@ echo "== ruff"
 echo "== mypy --strict"
 .venv/bin/mypy
 echo "== pytest"
-export XVMD_REQUIRE_E2E=1   # a missing real peer fails the run instead of skipping tests
+export XVMD_STRICT=1   # a missing real peer or vector file fails the run instead of skipping
 set +e
 .venv/bin/python -m pytest -p no:cacheprovider "$@"
 rc=$?

@@ -16,8 +16,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     missing = missing_prerequisites()
     if not missing:
         return
-    # In CI (.ci/run sets XVMD_REQUIRE_E2E=1) a missing peer is a failure, never a silent skip.
-    if os.environ.get("XVMD_REQUIRE_E2E") == "1":
+    # In CI (.ci/run sets XVMD_STRICT=1) a missing peer is a failure, never a silent skip.
+    if os.environ.get("XVMD_STRICT") == "1":
         raise pytest.UsageError(f"end-to-end prerequisites missing: {', '.join(missing)}")
     skip = pytest.mark.skip(reason=f"needs {', '.join(missing)}")
     for item in items:

@@ -154,10 +154,18 @@ def test_forget_lets_a_retransmit_be_new() -> None:
     h.forget(r)
     assert len(h) == 0
     assert h.admit(r, 2.0) is Admission.NEW
-    h.record(r, 2.0)
-    h.forget(r)
-    assert h.admit(r, 3.0) is Admission.NEW
     h.forget(req(seqno=999))  # forgetting something unknown is harmless
+    assert h.admit(r, 3.0) is Admission.DUPLICATE
+
+
+def test_forget_drops_kept_alternates() -> None:
+    h = History()
+    first = req(address="127.0.0.1")
+    h.admit(first, 0.0)
+    assert h.admit(req(address="192.0.2.1"), 0.1) is Admission.ALTERNATE
+    h.forget(first)
+    assert h.next_alternate(first) is None
+    assert h.admit(req(address="192.0.2.1"), 0.2) is Admission.NEW
 
 
 def test_pending_entries_do_not_expire() -> None:
@@ -192,6 +200,19 @@ def test_max_entries_bound_with_recorded_entries() -> None:
     assert h.admit(req(seqno=6), 1.0) is Admission.NEW
 
 
+def test_max_entries_bound_mixed() -> None:
+    """At most ``max_entries`` recorded and as many pending keys."""
+    h = History(max_entries=4)
+    for i in range(20):
+        done = req(seqno=1000 + i)
+        h.admit(done, 0.0)
+        h.record(done, 0.0)
+        h.admit(req(seqno=i), 0.0)  # left pending
+        assert len(h) <= 8
+    assert h.admit(req(seqno=1019), 0.0) is Admission.DUPLICATE
+    assert h.admit(req(seqno=19), 0.0) is Admission.DUPLICATE
+
+
 def test_expired_entries_are_purged() -> None:
     h = History()
     for i in range(100):
@@ -203,12 +224,9 @@ def test_expired_entries_are_purged() -> None:
     assert len(h) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="History._purge stops at the oldest entry when it is still pending, and admit() never "
-    "checks recorded_at against the window, so a recorded request stays DUPLICATE past the window",
-)
 def test_pending_entry_does_not_extend_the_window_of_others() -> None:
+    """Regression: a still-pending older request used to stop the purge, so recorded requests
+    behind it stayed DUPLICATE long after their window."""
     h = History()
     pending = req(seqno=1)
     done = req(seqno=2)
@@ -217,3 +235,4 @@ def test_pending_entry_does_not_extend_the_window_of_others() -> None:
     h.record(done, 0.2)
     # 20 s later the window of ``done`` is long over; the other request is still pending.
     assert h.admit(done, 20.0) is Admission.NEW
+    assert h.admit(pending, 20.0) is Admission.DUPLICATE
