@@ -254,7 +254,8 @@ class FenceService:
         self.stats.served[result.label] += 1
         elapsed = (self._now() - started) * 1000
         mapped = f" (domain {domain})" if domain else ""
-        level = logging.INFO if result is not Result.FAIL else logging.WARNING
+        failed = result is Result.FAIL and req.op is not Op.NULL  # null always 'fails'
+        level = logging.WARNING if failed else logging.INFO
         reqlog.log(
             level,
             "%s %s %s%s -> %s in %.0f ms: %s",

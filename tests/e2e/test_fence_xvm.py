@@ -172,3 +172,11 @@ def test_every_request_is_logged_with_requester_op_target_result_and_time(
     assert daemon.wait_for_log("status 'vm-08'")
     line = next(ln for ln in daemon.log().splitlines() if "status 'vm-08'" in ln)
     assert re.search(r"127\.0\.0\.1 status 'vm-08' -> success in \d+ ms: running$", line), line
+
+
+def test_null_is_answered_with_failure_like_the_reference_daemons(xvm, daemon: Xvmd) -> None:
+    res = xvm("-o", "null", "-H", "vm-01")
+    assert res.rc == 1
+    assert "Operation failed" in res.output
+    assert daemon.wait_for_log("null 'vm-01' -> failed")
+    assert xvm("-o", "status", "-H", "vm-01").rc == 0  # and nothing happened to it

@@ -139,7 +139,8 @@ def test_hung_libvirtd_fails_requests_within_budget_in_parallel(
         clients = [
             subprocess.Popen(
                 ns.cmd("fence_xvm", *common, "-o", op, "-H", "test"),
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
             )
             for op in ("status", "off", "monitor")
         ]
