@@ -1,9 +1,30 @@
 """ccs: the cluster.conf (CCS) configuration layer of xvmd.
 
-Parsing, validation and live reload of /etc/cluster/cluster.conf arrive with the ccs issue; the
-package exists now so that the daemon's layering (``ccs`` never imports ``xvmd``) is fixed early.
+Parse (pure) -> validate (pure, with key states read by ``source``) -> an immutable
+``Snapshot``; ``watch`` follows edits. This package never imports ``xvmd``.
 """
+
+from .issues import Code, Issue, Severity, has_errors
+from .load import LoadResult, Snapshot, load, load_bytes
+from .model import Cluster, ClusterNode, FenceDevice
+from .validate import HostPlan, NodeTarget, ServedDevice
 
 DEFAULT_CLUSTER_CONF = "/etc/cluster/cluster.conf"
 
-__all__ = ["DEFAULT_CLUSTER_CONF"]
+__all__ = [
+    "DEFAULT_CLUSTER_CONF",
+    "Cluster",
+    "ClusterNode",
+    "Code",
+    "FenceDevice",
+    "HostPlan",
+    "Issue",
+    "LoadResult",
+    "NodeTarget",
+    "ServedDevice",
+    "Severity",
+    "Snapshot",
+    "has_errors",
+    "load",
+    "load_bytes",
+]

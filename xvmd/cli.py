@@ -191,5 +191,13 @@ def _serve(settings: Settings, keys: list[Key]) -> int:
         return _fail(str(exc))
 
 
+SUBCOMMANDS = ("check-config",)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(list(sys.argv[1:] if argv is None else argv))
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "check-config":
+        from . import checkconfig
+
+        return checkconfig.main(args[1:])
+    return run(args)

@@ -1,0 +1,56 @@
+"""One load of the configuration: read, parse, read keys, validate -> a snapshot or the reasons."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .issues import Code, Issue, has_errors
+from .model import Cluster
+from .parse import parse
+from .source import SourceError, key_paths, read_config, read_keys
+from .validate import HostPlan, validate
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A validated configuration; the daemon swaps whole snapshots, never edits one."""
+
+    cluster: Cluster
+    plan: HostPlan
+    issues: tuple[Issue, ...]  # warnings only: a snapshot with errors is never built
+
+    @property
+    def version(self) -> int:
+        return self.cluster.config_version
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    snapshot: Snapshot | None
+    issues: tuple[Issue, ...]
+    cluster: Cluster | None = None
+    plan: HostPlan | None = None
+    unreadable: str | None = None  # set when the file itself could not be read
+
+
+def load(path: str, devices: Sequence[str] | None = None) -> LoadResult:
+    """Load ``path``; ``snapshot`` is set only when there are no errors."""
+    try:
+        data = read_config(path)
+    except SourceError as exc:
+        issue = Issue(Code.CONFIG_UNREADABLE, str(exc), path, 0)
+        return LoadResult(None, (issue,), unreadable=str(exc))
+    return load_bytes(data, path, devices)
+
+
+def load_bytes(data: bytes, path: str, devices: Sequence[str] | None = None) -> LoadResult:
+    cluster, issues = parse(data, path)
+    if cluster is None:
+        return LoadResult(None, tuple(issues))
+    keys = read_keys(key_paths(cluster))
+    plan, more = validate(cluster, keys, devices)
+    all_issues = sorted([*issues, *more], key=lambda i: i.line)
+    if has_errors(all_issues):
+        return LoadResult(None, tuple(all_issues), cluster, plan)
+    return LoadResult(Snapshot(cluster, plan, tuple(all_issues)), tuple(all_issues), cluster, plan)

@@ -1,0 +1,384 @@
+"""Cross-checks over a parsed cluster, and the plan for this host: devices, keys, node -> VM.
+
+Rules:
+1. Pure: key files arrive as ``KeyState`` values read by ``ccs.source``.
+2. Which devices this host serves: the ones named explicitly (``-D`` or
+   ``<fence_xvmd device=...>``), else every fence_xvm device whose key file exists here.
+   Other hosts' key files are normally absent, so a missing key only matters for a device
+   this host was told to serve.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from .issues import Code, Issue
+from .model import Cluster, ClusterNode, DeviceRef, FenceDevice
+from .parse import MAX_DOMAIN_BYTES, parse_bool
+
+MAX_KEY_LEN = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class KeyState:
+    """What ``ccs.source`` found at a key path. ``data`` is None when it could not be read."""
+
+    path: str
+    data: bytes | None
+    problem: str | None = None  # "missing", "unreadable: <why>", "not a regular file"
+    size: int = 0
+    mode: int = 0o600
+
+
+@dataclass(frozen=True, slots=True)
+class NodeTarget:
+    """One cluster node fenced through a served device: the names that reach it, its VM."""
+
+    node: str
+    nodeid: int
+    names: tuple[str, ...]
+    domain: str
+    use_uuid: bool
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServedDevice:
+    device: FenceDevice
+    key: bytes
+    nodes: tuple[NodeTarget, ...]
+
+    @property
+    def name(self) -> str:
+        return self.device.name
+
+
+@dataclass(frozen=True, slots=True)
+class NotServed:
+    device: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class HostPlan:
+    devices: tuple[ServedDevice, ...]
+    not_served: tuple[NotServed, ...]
+
+
+def vm_for(node: ClusterNode, ref: DeviceRef, device: FenceDevice | None) -> str:
+    """The VM a ``<device>`` entry fences: ``domain=``, else a non-numeric ``port=``, else the
+    node's name (what fenced and Pacemaker pass as the plug when none is configured)."""
+    attrs = ref.attrs
+    if attrs.get("domain"):
+        return attrs["domain"]
+    port = attrs.get("port", "")
+    if port and not port.isdigit():
+        return port
+    return node.name
+
+
+def _use_uuid(ref: DeviceRef, device: FenceDevice | None) -> bool:
+    raw = ref.attrs.get("use_uuid") or (device.attrs.get("use_uuid") if device else None)
+    return bool(raw and parse_bool(raw))
+
+
+def _structure(cluster: Cluster) -> list[Issue]:
+    out: list[Issue] = []
+    f = cluster.file
+    seen_names: dict[str, ClusterNode] = {}
+    seen_ids: dict[int, ClusterNode] = {}
+    for node in cluster.nodes:
+        for name, line in [(node.name, node.line)] + [(a.name, a.line) for a in node.altnames]:
+            other = seen_names.get(name.casefold())
+            if other is not None and other is not node:
+                out.append(
+                    Issue(
+                        Code.DUPLICATE_NODE_NAME,
+                        f"name {name!r} is used by nodes {other.name!r} (line "
+                        f"{other.line}) and {node.name!r}",
+                        f,
+                        line,
+                    )
+                )
+            seen_names.setdefault(name.casefold(), node)
+        prev = seen_ids.get(node.nodeid)
+        if prev is not None:
+            out.append(
+                Issue(
+                    Code.DUPLICATE_NODEID,
+                    f"nodeid {node.nodeid} is used by "
+                    f"{prev.name!r} (line {prev.line}) and {node.name!r}",
+                    f,
+                    node.line,
+                )
+            )
+        seen_ids.setdefault(node.nodeid, node)
+        if not node.methods:
+            out.append(
+                Issue(Code.NODE_NOT_FENCED, f"node {node.name!r} has no fence method", f, node.line)
+            )
+    seen_devices: dict[str, FenceDevice] = {}
+    for dev in cluster.devices:
+        if dev.name in seen_devices:
+            out.append(
+                Issue(
+                    Code.DUPLICATE_DEVICE_NAME,
+                    f"fence device {dev.name!r} is defined "
+                    f"twice (first on line {seen_devices[dev.name].line})",
+                    f,
+                    dev.line,
+                )
+            )
+        seen_devices.setdefault(dev.name, dev)
+    used: set[str] = set()
+    for node in cluster.nodes:
+        for method in node.methods:
+            for ref in method.devices:
+                used.add(ref.name)
+                if ref.name not in seen_devices:
+                    out.append(
+                        Issue(
+                            Code.UNDEFINED_DEVICE,
+                            f"node {node.name!r} method "
+                            f"{method.name!r} uses device {ref.name!r}, which "
+                            "<fencedevices> does not define",
+                            f,
+                            ref.line,
+                        )
+                    )
+        for ref in node.unfence:
+            if ref.name not in seen_devices:
+                out.append(
+                    Issue(
+                        Code.UNDEFINED_DEVICE,
+                        f"node {node.name!r} unfence uses "
+                        f"device {ref.name!r}, which is not defined",
+                        f,
+                        ref.line,
+                    )
+                )
+    for dev in cluster.devices:
+        if dev.is_xvm and dev.name not in used:
+            out.append(
+                Issue(
+                    Code.UNUSED_DEVICE, f"fence device {dev.name!r} is used by no node", f, dev.line
+                )
+            )
+    cman = cluster.cman
+    if cman.two_node:
+        if cman.expected_votes is not None and cman.expected_votes != 1:
+            out.append(
+                Issue(
+                    Code.TWO_NODE_VOTES,
+                    f'two_node="1" needs expected_votes="1", not "{cman.expected_votes}"',
+                    f,
+                    cman.line,
+                )
+            )
+        if len(cluster.nodes) != 2:
+            out.append(
+                Issue(
+                    Code.TWO_NODE_COUNT,
+                    f'two_node="1" but the cluster has {len(cluster.nodes)} nodes',
+                    f,
+                    cman.line,
+                )
+            )
+    return out
+
+
+def _targets(cluster: Cluster, device: FenceDevice, out: list[Issue]) -> tuple[NodeTarget, ...]:
+    """Every node fenced through ``device``, with its VM; VM problems go to ``out``."""
+    f = cluster.file
+    targets: list[NodeTarget] = []
+    by_vm: dict[str, NodeTarget] = {}
+    for node in cluster.nodes:
+        refs = [r for m in node.methods for r in m.devices if r.name == device.name]
+        if not refs:
+            continue
+        vms = []
+        for ref in refs:
+            port, domain = ref.attrs.get("port", ""), ref.attrs.get("domain", "")
+            if port and domain and not port.isdigit() and port != domain:
+                out.append(
+                    Issue(
+                        Code.CONFLICTING_DOMAIN,
+                        f'node {node.name!r}: port="{port}" '
+                        f'and domain="{domain}" name different VMs',
+                        f,
+                        ref.line,
+                    )
+                )
+            if port.isdigit() and not domain:
+                out.append(
+                    Issue(
+                        Code.OLD_PORT,
+                        f'node {node.name!r}: port="{port}" is read as '
+                        "the old-generation IP port; the VM is taken to be the node "
+                        "name (use port=VM or domain=VM)",
+                        f,
+                        ref.line,
+                    )
+                )
+            vms.append(vm_for(node, ref, device))
+        vm = vms[0]
+        if len(vm.encode()) > MAX_DOMAIN_BYTES and vm == node.name:
+            out.append(
+                Issue(
+                    Code.DOMAIN_TOO_LONG,
+                    f"node name {node.name!r} is used as the VM "
+                    f"but is longer than {MAX_DOMAIN_BYTES} bytes",
+                    f,
+                    node.line,
+                )
+            )
+        target = NodeTarget(
+            node.name, node.nodeid, node.names, vm, _use_uuid(refs[0], device), refs[0].line
+        )
+        clash = by_vm.get(vm.casefold())
+        if clash is not None:
+            out.append(
+                Issue(
+                    Code.DUPLICATE_DOMAIN,
+                    f"nodes {clash.node!r} and {node.name!r} "
+                    f"are both fenced through VM {vm!r} on device {device.name!r}",
+                    f,
+                    target.line,
+                )
+            )
+        by_vm.setdefault(vm.casefold(), target)
+        targets.append(target)
+    return tuple(targets)
+
+
+def _key_issues(dev: FenceDevice, key: KeyState, explicit: bool, file: str) -> list[Issue]:
+    line = dev.line
+    where = f"device {dev.name!r}: key file {key.path}"
+    if key.data is None:
+        if key.problem == "missing":
+            return (
+                [Issue(Code.KEY_MISSING, f"{where} does not exist", file, line)] if explicit else []
+            )
+        return [Issue(Code.KEY_UNREADABLE, f"{where}: {key.problem}", file, line)]
+    out = []
+    if not key.data:
+        out.append(Issue(Code.KEY_EMPTY, f"{where} is empty", file, line))
+    if key.size > MAX_KEY_LEN:
+        out.append(
+            Issue(
+                Code.KEY_TOO_LONG,
+                f"{where} has {key.size} bytes; only the first {MAX_KEY_LEN} are used",
+                file,
+                line,
+            )
+        )
+    if key.mode & (stat.S_IRWXG | stat.S_IRWXO):
+        out.append(
+            Issue(
+                Code.KEY_PERMISSIONS,
+                f"{where} has mode {key.mode & 0o777:04o}; use chmod 600",
+                file,
+                line,
+            )
+        )
+    return out
+
+
+def selected_devices(cluster: Cluster, explicit: Sequence[str] | None) -> Sequence[str] | None:
+    """Device names chosen for this host: the command line's, else <fence_xvmd device=>."""
+    if explicit:
+        return explicit
+    if cluster.fence_xvmd is not None and cluster.fence_xvmd.devices:
+        return cluster.fence_xvmd.devices
+    return None
+
+
+def validate(
+    cluster: Cluster,
+    keys: Mapping[str, KeyState],
+    explicit: Sequence[str] | None = None,
+) -> tuple[HostPlan, list[Issue]]:
+    """Check ``cluster`` and plan what this host serves.
+
+    Args:
+        keys: KeyState per key path of every fence_xvm device.
+        explicit: device names from ``-D`` (None: ``<fence_xvmd device=>``, else automatic).
+    """
+    f = cluster.file
+    issues = _structure(cluster)
+    chosen = selected_devices(cluster, explicit)
+    candidates: Iterable[FenceDevice]
+    if chosen is not None:
+        candidates = []
+        for name in chosen:
+            dev = cluster.device(name)
+            if dev is None:
+                issues.append(
+                    Issue(
+                        Code.UNKNOWN_DEVICE,
+                        f"device {name!r} is selected for this "
+                        "host but not defined in <fencedevices>",
+                        f,
+                        0,
+                    )
+                )
+            elif not dev.is_xvm:
+                issues.append(
+                    Issue(
+                        Code.UNKNOWN_AGENT,
+                        f"device {name!r} has agent "
+                        f"{dev.agent!r}; xvmd serves only fence_xvm and fence_virt "
+                        "devices",
+                        f,
+                        dev.line,
+                    )
+                )
+            else:
+                candidates.append(dev)
+    else:
+        candidates = [d for d in cluster.devices if d.is_xvm]
+    served: list[ServedDevice] = []
+    not_served: list[NotServed] = []
+    seen: set[str] = set()
+    for dev in candidates:
+        if dev.name in seen:
+            continue
+        seen.add(dev.name)
+        path = cluster.key_path(dev)
+        key = keys.get(path) or KeyState(path, None, "missing")
+        key_issues = _key_issues(dev, key, chosen is not None, f)
+        issues.extend(key_issues)
+        if key.data is None or not key.data:
+            not_served.append(NotServed(dev.name, f"key file {key.path}: {key.problem or 'empty'}"))
+            continue
+        served.append(ServedDevice(dev, key.data[:MAX_KEY_LEN], _targets(cluster, dev, issues)))
+    if not served:
+        issues.append(
+            Issue(
+                Code.NO_DEVICE,
+                "this host serves no fence device: no fence_xvm "
+                "device has a readable key file here",
+                f,
+                0,
+            )
+        )
+    by_key: dict[bytes, list[ServedDevice]] = defaultdict(list)
+    for sd in served:
+        by_key[sd.key].append(sd)
+    for group in by_key.values():
+        if len(group) > 1:
+            names = ", ".join(repr(g.name) for g in group)
+            issues.append(
+                Issue(
+                    Code.KEY_SHARED,
+                    f"devices {names} use identical key bytes: a "
+                    "request for one would be accepted as the other",
+                    f,
+                    group[1].device.line,
+                )
+            )
+    issues.sort(key=lambda i: i.line)
+    return HostPlan(tuple(served), tuple(not_served)), issues
