@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ class Snapshot:
     cluster: Cluster
     plan: HostPlan
     issues: tuple[Issue, ...]  # warnings only: a snapshot with errors is never built
+    digest: str = ""  # sha256 of the cluster.conf bytes, to tell edits from key rotations
 
     @property
     def version(self) -> int:
@@ -53,4 +55,5 @@ def load_bytes(data: bytes, path: str, devices: Sequence[str] | None = None) -> 
     all_issues = sorted([*issues, *more], key=lambda i: i.line)
     if has_errors(all_issues):
         return LoadResult(None, tuple(all_issues), cluster, plan)
-    return LoadResult(Snapshot(cluster, plan, tuple(all_issues)), tuple(all_issues), cluster, plan)
+    snap = Snapshot(cluster, plan, tuple(all_issues), hashlib.sha256(data).hexdigest())
+    return LoadResult(snap, tuple(all_issues), cluster, plan)

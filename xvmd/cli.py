@@ -8,12 +8,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+
+import ccs
+from ccs.load import Snapshot
 
 from . import __version__
 from . import log as xlog
 from .keys import KeyFileError, load_key
+from .policy import Policy
 from .protocol.auth import Key
 from .protocol.wire import HashType
 from .settings import (
@@ -26,6 +32,7 @@ from .settings import (
 )
 
 HASHES = ["none", "sha1", "sha256", "sha512"]
+FAMILIES = ["auto", "ipv4", "ipv6"]
 
 
 def _port(text: str) -> int:
@@ -43,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="xvmd",
         description="Host daemon answering fence_xvm requests from guest clusters: "
         "powers libvirt domains off, on or through a reboot.",
-        epilog="Option names follow fence_xvmd. Logs go to stderr, one line per request.",
+        epilog="Option names follow fence_xvmd. Options given here override <fence_xvmd> in "
+        "cluster.conf. Logs go to stderr, one line per request. "
+        "Subcommand: 'xvmd check-config [-f PATH] [--json]'.",
     )
     p.add_argument(
         "--local", action="store_true", help="non-cluster mode: no corosync quorum checks"
@@ -51,14 +60,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-ccs",
         action="store_true",
-        help="do not read cluster.conf; all settings come from the command line",
+        help="do not read cluster.conf; settings come from the command line only",
+    )
+    p.add_argument(
+        "-f",
+        dest="config",
+        metavar="PATH",
+        help=f"cluster.conf to read (default {ccs.DEFAULT_CLUSTER_CONF})",
+    )
+    p.add_argument(
+        "-D",
+        "--device",
+        dest="devices",
+        metavar="NAME",
+        action="append",
+        help="cluster.conf fence device this host serves (repeatable; default: "
+        "<fence_xvmd device=...>, else every fence_xvm device whose key is readable)",
     )
     p.add_argument(
         "-k",
         dest="key_file",
         metavar="KEYFILE",
-        default=DEFAULT_KEY_FILE,
-        help=f"shared key file (default {DEFAULT_KEY_FILE})",
+        help=f"shared key file with --no-ccs (default {DEFAULT_KEY_FILE}); with "
+        "cluster.conf the keys are the fence devices' key_file",
     )
     p.add_argument(
         "-I",
@@ -77,33 +101,21 @@ def build_parser() -> argparse.ArgumentParser:
         dest="port",
         metavar="PORT",
         type=_port,
-        default=DEFAULT_PORT,
         help=f"UDP port to listen on (default {DEFAULT_PORT})",
     )
     p.add_argument(
         "-i",
         dest="family",
-        choices=["auto", "ipv4", "ipv6"],
-        default="auto",
+        choices=FAMILIES,
         help="address family (default auto: both default groups, or that of -a)",
     )
+    p.add_argument("-U", dest="uri", metavar="URI", help=f"libvirt URI (default {DEFAULT_URI})")
     p.add_argument(
-        "-U",
-        dest="uri",
-        metavar="URI",
-        default=DEFAULT_URI,
-        help=f"libvirt URI (default {DEFAULT_URI})",
-    )
-    p.add_argument(
-        "--hash",
-        choices=HASHES,
-        default="sha256",
-        help="weakest request signature accepted (default sha256)",
+        "--hash", choices=HASHES, help="weakest request signature accepted (default sha256)"
     )
     p.add_argument(
         "--auth",
         choices=HASHES,
-        default="sha256",
         help="challenge-response hash; must match the clients' -C (default sha256)",
     )
     p.add_argument("-d", dest="debug", action="count", default=0, help="debug logging")
@@ -120,23 +132,55 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Raises SettingsError."""
-    tcp = parse_tcp(args.tcp, args.port) if args.tcp is not None else None
+# <fence_xvmd> attribute -> (Settings field, converter); the command line wins over these.
+_CCS_SETTINGS: dict[str, tuple[str, Callable[[str], object]]] = {
+    "multicast_address": ("address", str.strip),
+    "port": ("port", int),
+    "interface": ("interface", str.strip),
+    "multicast_interface": ("interface", str.strip),
+    "ip_family": ("family", lambda v: v.strip().lower()),
+    "hash": ("hash", HashType.from_name),
+    "auth": ("auth", HashType.from_name),
+    "uri": ("uri", str.strip),
+}
+
+
+def settings_from_args(
+    args: argparse.Namespace, ccs_attrs: Mapping[str, str] | None = None, config: str | None = None
+) -> Settings:
+    """Command line over ``<fence_xvmd>`` attributes over defaults. Raises SettingsError."""
+    values: dict[str, object] = {}
+    for attr, (name, convert) in _CCS_SETTINGS.items():
+        raw = (ccs_attrs or {}).get(attr)
+        if raw is not None and raw.strip():
+            try:
+                values[name] = convert(raw)
+            except ValueError as exc:
+                raise SettingsError(f'<fence_xvmd {attr}="{raw}">: {exc}') from None
+    cli_values = {
+        "key_file": args.key_file,
+        "interface": args.interface,
+        "address": args.address,
+        "port": args.port,
+        "family": args.family,
+        "uri": args.uri,
+        "hash": HashType.from_name(args.hash) if args.hash else None,
+        "auth": HashType.from_name(args.auth) if args.auth else None,
+    }
+    values.update({k: v for k, v in cli_values.items() if v is not None})
+    debug = args.debug
+    if not debug and ccs_attrs and (ccs_attrs.get("debug") or "0").strip().isdigit():
+        debug = int(ccs_attrs["debug"])
     settings = Settings(
-        key_file=args.key_file,
-        interface=args.interface,
-        address=args.address,
-        port=args.port,
-        family=args.family,
-        uri=args.uri,
-        hash=HashType.from_name(args.hash),
-        auth=HashType.from_name(args.auth),
-        debug=args.debug,
-        tcp=tcp,
+        debug=debug,
         local=args.local,
         no_ccs=args.no_ccs,
+        config=config,
+        devices=tuple(args.devices) if args.devices else None,
+        **values,  # type: ignore[arg-type]
     )
+    tcp = parse_tcp(args.tcp, settings.port) if args.tcp is not None else None
+    settings = replace(settings, tcp=tcp)
     settings.listeners()  # validates -a / -i now, as a usage error
     return settings
 
@@ -146,20 +190,57 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
+def _load_cluster_conf(path: str, devices: Sequence[str] | None) -> Snapshot | int:
+    result = ccs.load(path, devices)
+    if result.snapshot is None:
+        for issue in result.issues:
+            print(issue.render(), file=sys.stderr)
+        if result.unreadable:
+            return _fail(
+                f"cannot read cluster.conf: {result.unreadable} (use --no-ccs to run without it)"
+            )
+        errors = sum(1 for i in result.issues if i.severity is ccs.Severity.ERROR)
+        return _fail(
+            f"{path} has {errors} errors; not starting (details above, or run "
+            f"'xvmd check-config -f {path}')"
+        )
+    return result.snapshot
+
+
 def run(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.local:
+        parser.error(
+            "cluster mode (quorum and membership checks) is not available in this version yet; "
+            "run with --local"
+        )
+    if args.no_ccs and (args.config or args.devices):
+        parser.error("-f and -D need cluster.conf; they cannot be combined with --no-ccs")
+    xlog.setup(args.debug)
+    log = logging.getLogger("xvmd")
+    snapshot: Snapshot | None = None
+    config = None
+    if not args.no_ccs:
+        config = os.path.abspath(args.config or ccs.DEFAULT_CLUSTER_CONF)
+        loaded = _load_cluster_conf(config, args.devices)
+        if isinstance(loaded, int):
+            return loaded
+        snapshot = loaded
+    fx = snapshot.cluster.fence_xvmd if snapshot else None
     try:
-        settings = settings_from_args(args)
+        settings = settings_from_args(args, fx.attrs if fx else None, config)
     except SettingsError as exc:
         parser.error(str(exc))
-    if not (settings.local and settings.no_ccs):
-        parser.error(
-            "cluster mode and cluster.conf are not available in this version yet; "
-            "run with --local --no-ccs"
-        )
-    xlog.setup(settings.debug)
-    log = logging.getLogger("xvmd")
+    if settings.debug != args.debug:
+        xlog.setup(settings.debug)
+    if snapshot is not None:
+        if args.key_file:
+            log.warning(
+                "-k %s is not used: with cluster.conf the keys are the fence devices' key_file",
+                args.key_file,
+            )
+        return _serve(settings, Policy.from_snapshot(snapshot), snapshot)
     keys: list[Key] = []
     try:
         key, warnings = load_key(settings.key_file)
@@ -173,10 +254,10 @@ def run(argv: Sequence[str]) -> int:
         for warning in warnings:
             log.warning("%s", warning)
         keys.append(key)
-    return _serve(settings, keys)
+    return _serve(settings, Policy.unrestricted(keys), None)
 
 
-def _serve(settings: Settings, keys: list[Key]) -> int:
+def _serve(settings: Settings, policy: Policy, snapshot: Snapshot | None) -> int:
     from .backend.libvirt import LibvirtBackend  # libvirt loads only when the daemon runs
     from .daemon import Daemon, StartupError, open_sockets
 
@@ -184,7 +265,7 @@ def _serve(settings: Settings, keys: list[Key]) -> int:
         sockets = open_sockets(settings)
     except (StartupError, SettingsError) as exc:
         return _fail(str(exc))
-    daemon = Daemon(settings, keys, LibvirtBackend(settings.uri))
+    daemon = Daemon(settings, policy, LibvirtBackend(settings.uri), snapshot)
     try:
         return asyncio.run(daemon.run(sockets))
     except StartupError as exc:

@@ -12,14 +12,16 @@ import signal
 import socket
 import time
 from collections import Counter
-from collections.abc import Sequence
+
+from ccs.load import Snapshot
 
 from .backend import Backend
 from .executor import BackendRunner
 from .net import tcp, udp
 from .net.iface import InterfaceError, interface_index
 from .operations import Clock
-from .protocol.auth import Key
+from .policy import Policy
+from .reloader import Reloader
 from .service import Auth, FenceService
 from .settings import Listener, Settings
 
@@ -75,10 +77,17 @@ def open_sockets(settings: Settings) -> list[tuple[Listener, socket.socket]]:
 
 
 class Daemon:
-    def __init__(self, settings: Settings, keys: Sequence[Key], backend: Backend) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        policy: Policy,
+        backend: Backend,
+        snapshot: Snapshot | None = None,
+    ) -> None:
         self.settings = settings
-        self.keys = keys
+        self.policy = policy
         self.backend = backend
+        self.snapshot = snapshot
         self._stop = asyncio.Event()
         self._transports: list[asyncio.BaseTransport] = []
         self._servers: list[asyncio.Server] = []
@@ -91,13 +100,23 @@ class Daemon:
         clock = Clock(now=time.monotonic, sleep=time.sleep)
         runner = BackendRunner(self.backend, clock, workers=self.settings.workers)
         service = FenceService(
-            Auth(self.keys, self.settings.hash, self.settings.auth),
+            Auth(self.settings.hash, self.settings.auth),
+            self.policy,
             runner,
             max_sessions=self.settings.max_sessions,
             now=loop.time,
         )
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        reloader = None
+        if self.snapshot is not None and self.settings.config is not None:
+
+            def apply(snap: Snapshot) -> None:
+                service.policy = Policy.from_snapshot(snap)
+
+            reloader = Reloader(self.settings.config, self.settings.devices, self.snapshot, apply)
+            reloader.start()
+            loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
         try:
             where = []
             for lst, sock in sockets:
@@ -121,6 +140,8 @@ class Daemon:
                 self.settings.auth.label,
                 self.backend.description,
             )
+            if self.snapshot is not None:
+                _log_plan(self.snapshot)
             if not self.settings.needs_key:
                 log.warning("authentication is OFF (--hash none --auth none): anyone can fence")
             connected = await runner.check_connection(loop.time() + 10)
@@ -135,6 +156,8 @@ class Daemon:
             housekeeping.cancel()
             log.info("stopping: no new requests; waiting for %d in flight", service.active_sessions)
         finally:
+            if reloader is not None:
+                await reloader.stop()
             for tr in self._transports:
                 tr.close()
             for srv in self._servers:
@@ -179,3 +202,15 @@ def _log_stats(service: FenceService, final: bool = False) -> None:
     parts = ", ".join(f"{k} {v}" for k, v in sorted(dropped.items())) or "none"
     done = ", ".join(f"{k} {v}" for k, v in sorted(served.items())) or "none"
     log.info("totals: answered %s; dropped %s", done, parts)
+
+
+def _log_plan(snap: Snapshot) -> None:
+    cl = snap.cluster
+    log.info("cluster.conf %s: cluster %r, config_version %d", cl.file, cl.name, cl.config_version)
+    for sd in snap.plan.devices:
+        nodes = ", ".join(f"{t.node}->{t.domain}" for t in sd.nodes) or "no nodes"
+        log.info("serving device %s (key %s): %s", sd.name, cl.key_path(sd.device), nodes)
+    for ns in snap.plan.not_served:
+        log.info("not serving device %s: %s", ns.device, ns.reason)
+    for issue in snap.issues:
+        log.warning("%s", issue.render())

@@ -91,13 +91,25 @@ class BackendRunner:
         except Deadline:
             return False
 
-    async def fence(self, op: Op, target: str, deadline: float) -> Outcome:
-        """Resolve ``target`` and carry out ``op``, serialised per domain, within ``deadline``."""
+    async def fence(
+        self,
+        op: Op,
+        target: str,
+        deadline: float,
+        allowed: Callable[[DomainInfo | None], bool] | None = None,
+    ) -> Outcome:
+        """Resolve ``target`` and carry out ``op``, serialised per domain, within ``deadline``.
+
+        ``allowed`` gets the resolved domain (None: not found) and may refuse it (PERM).
+        """
         budget = deadline - asyncio.get_running_loop().time()
         try:
             if not op.needs_domain:
                 return await self._run(deadline, self._perform, op, None, deadline)
             dom = await self._run(deadline, operations.resolve, self.backend, target)
+            if allowed is not None and not allowed(dom):
+                what = f"domain {dom.name}" if dom else f"{target!r} (no such domain)"
+                return Outcome(Result.PERM, f"{what} belongs to no cluster node of this device")
             if dom is None or not op.is_power_action:
                 # Status only reads: it needs no lock, so it never waits behind a slow power
                 # action on the same domain.

@@ -15,13 +15,14 @@ import asyncio
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from .backend import BackendError
 from .executor import BackendRunner, Deadline
 from .net import tcp
+from .policy import Policy, Refused
 from .protocol.auth import Key, Rejected, verify_request
 from .protocol.history import Admission, History
 from .protocol.session import STREAM_REQUEST_TIMEOUT, ServerSession
@@ -54,7 +55,6 @@ class Stats:
 
 @dataclass(frozen=True, slots=True)
 class Auth:
-    keys: Sequence[Key]
     hash: HashType
     auth: HashType
 
@@ -63,6 +63,7 @@ class FenceService:
     def __init__(
         self,
         auth: Auth,
+        policy: Policy,
         runner: BackendRunner,
         *,
         max_sessions: int = 64,
@@ -70,6 +71,8 @@ class FenceService:
         random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.auth = auth
+        # Swapped whole on reload; each request keeps the policy it started with.
+        self.policy = policy
         self.runner = runner
         self.history = History()
         self.stats = Stats()
@@ -89,9 +92,10 @@ class FenceService:
         if len(data) != REQUEST_SIZE:
             self.stats.drop("size")
             return
+        policy = self.policy
         try:
             req = parse_request(data)
-            key = verify_request(req, self.auth.hash, self.auth.keys)
+            key = verify_request(req, self.auth.hash, policy.keys)
         except (MalformedRequest, Rejected) as exc:
             self.stats.drop(exc.reason)
             if log.isEnabledFor(logging.DEBUG):
@@ -135,14 +139,14 @@ class FenceService:
                     req.address,
                 )
             return
-        self._spawn(self._serve_datagram(req, key))
+        self._spawn(self._serve_datagram(req, key, policy))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve_datagram(self, req: FenceRequest, key: Key | None) -> None:
+    async def _serve_datagram(self, req: FenceRequest, key: Key | None, policy: Policy) -> None:
         started = self._now()
         candidate: FenceRequest | None = req
         while candidate is not None:
@@ -162,7 +166,7 @@ class FenceService:
                 candidate = self.history.next_alternate(req)
                 continue
             self.history.record(req, self._now())
-            await self._serve_session(candidate, key, stream, started)
+            await self._serve_session(candidate, key, policy, stream, started)
             return
         self.history.forget(req)
         self.stats.drop("callback-failed")
@@ -182,12 +186,13 @@ class FenceService:
         self._tasks.add(task)
         try:
             started = self._now()
+            policy = self.policy
             try:
                 data = await asyncio.wait_for(
                     reader.readexactly(REQUEST_SIZE), timeout=STREAM_REQUEST_TIMEOUT
                 )
                 req = parse_request(data)
-                key = verify_request(req, self.auth.hash, self.auth.keys)
+                key = verify_request(req, self.auth.hash, policy.keys)
             except (TimeoutError, asyncio.IncompleteReadError, OSError):
                 self.stats.drop("stream-incomplete")
                 writer.close()
@@ -197,7 +202,9 @@ class FenceService:
                 log.info("dropped TCP request from %s: %s", peer[0], exc)
                 writer.close()
                 return
-            await self._serve_session(req, key, (reader, writer), started, requester=peer[0])
+            await self._serve_session(
+                req, key, policy, (reader, writer), started, requester=peer[0]
+            )
         finally:
             self._tasks.discard(task)
 
@@ -207,12 +214,24 @@ class FenceService:
         self,
         req: FenceRequest,
         key: Key | None,
+        policy: Policy,
         stream: tcp.Stream,
         started: float,
         requester: str | None = None,
     ) -> None:
         who = requester or req.address or "?"
         _, writer = stream
+        if key is None and self.auth.auth is not HashType.NONE:
+            # An unsigned request accepted under --hash none, but no key to answer challenges.
+            log.warning(
+                "%s %s from %s not served: no key loaded for --auth %s",
+                req.op.label,
+                _target(req),
+                who,
+                self.auth.auth.label,
+            )
+            writer.close()
+            return
         session = ServerSession(
             auth=self.auth.auth,
             key=key,
@@ -231,31 +250,13 @@ class FenceService:
             await tcp.flush_and_close(session, writer, WRITE_TIMEOUT)
             return
         deadline = self._now() + self.runner.budget_for(req.op)
-        domain = ""
-        if req.op is Op.HOSTLIST:
-            try:
-                records = await self.runner.hostlist(deadline)
-            except Deadline:
-                result, detail = Result.FAIL, "no answer from the hypervisor in time"
-                session.send_result(result)
-            except BackendError as exc:
-                result, detail = Result.FAIL, f"hypervisor error: {exc}"
-                session.send_result(result)
-            else:
-                result, detail = Result.SUCCESS, f"{len(records)} domains"
-                session.send_hostlist(records)
-        else:
-            outcome = await self.runner.fence(req.op, req.domain, deadline)
-            result, detail = outcome.result, outcome.detail
-            if outcome.domain is not None and outcome.domain.name != req.domain:
-                domain = outcome.domain.name
-            session.send_result(result)
+        result, detail, domain = await self._act(req, key, policy, session, deadline)
         await tcp.flush_and_close(session, writer, WRITE_TIMEOUT)
         self.stats.served[result.label] += 1
         elapsed = (self._now() - started) * 1000
         mapped = f" (domain {domain})" if domain else ""
         failed = result is Result.FAIL and req.op is not Op.NULL  # null always 'fails'
-        level = logging.WARNING if failed else logging.INFO
+        level = logging.WARNING if failed or result is Result.PERM else logging.INFO
         reqlog.log(
             level,
             "%s %s %s%s -> %s in %.0f ms: %s",
@@ -267,6 +268,43 @@ class FenceService:
             elapsed,
             detail,
         )
+
+    async def _act(
+        self,
+        req: FenceRequest,
+        key: Key | None,
+        policy: Policy,
+        session: ServerSession,
+        deadline: float,
+    ) -> tuple[Result, str, str]:
+        """Carry out the authenticated request; queue the answer on ``session``.
+
+        Returns the result, a detail for the log, and the mapped domain when it differs.
+        """
+        if req.op is Op.HOSTLIST:
+            try:
+                records = await self.runner.hostlist(deadline)
+            except Deadline:
+                session.send_result(Result.FAIL)
+                return Result.FAIL, "no answer from the hypervisor in time", ""
+            except BackendError as exc:
+                session.send_result(Result.FAIL)
+                return Result.FAIL, f"hypervisor error: {exc}", ""
+            shown = policy.hostlist(key, records)
+            session.send_hostlist(shown)
+            return Result.SUCCESS, f"{len(shown)} of {len(records)} domains", ""
+        allowed = None
+        target = req.domain
+        if req.op.needs_domain:
+            mapped = policy.map(key, req.domain)
+            if isinstance(mapped, Refused):
+                session.send_result(Result.PERM)
+                return Result.PERM, mapped.reason, ""
+            target, allowed = mapped.domain, mapped.allows
+        outcome = await self.runner.fence(req.op, target, deadline, allowed)
+        session.send_result(outcome.result)
+        domain = outcome.domain.name if outcome.domain is not None else target
+        return outcome.result, outcome.detail, domain if domain != req.domain else ""
 
     async def drain(self, timeout: float) -> int:
         """Wait for sessions in flight; returns how many were still running at the timeout."""

@@ -31,7 +31,7 @@ class Listener:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    key_file: str = DEFAULT_KEY_FILE
+    key_file: str = DEFAULT_KEY_FILE  # --no-ccs only
     interface: str | None = None
     address: str | None = None
     port: int = DEFAULT_PORT
@@ -43,6 +43,8 @@ class Settings:
     tcp: tuple[str, int] | None = None
     local: bool = False
     no_ccs: bool = False
+    config: str | None = None  # cluster.conf path; None with --no-ccs
+    devices: tuple[str, ...] | None = None  # -D selections
     max_sessions: int = 64
     workers: int = 32
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from xvmd import cli
+from xvmd.policy import Policy
 from xvmd.keys import KeyFileError, load_key
 from xvmd.protocol.wire import HashType
 from xvmd.settings import (
@@ -42,8 +43,8 @@ def no_serve(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Settings, list[objec
     """Replace the daemon start so a test that gets past validation cannot open sockets."""
     calls: list[tuple[Settings, list[object]]] = []
 
-    def fake_serve(settings: Settings, keys: list[object]) -> int:
-        calls.append((settings, keys))
+    def fake_serve(settings: Settings, policy: Policy, snapshot: object) -> int:
+        calls.append((settings, list(policy.keys)))
         return 0
 
     monkeypatch.setattr(cli, "_serve", fake_serve)
@@ -97,9 +98,18 @@ def test_bad_arguments_exit_2(
 def test_cluster_mode_is_a_usage_error_for_now(
     capsys: pytest.CaptureFixture[str], no_serve: list[tuple[Settings, list[object]]]
 ) -> None:
-    for argv in ([], ["--local"], ["--no-ccs"]):
+    for argv in ([], ["--no-ccs"], ["-f", "x.conf"]):
         err = usage_error(argv, capsys)
-        assert "--local --no-ccs" in err
+        assert "run with --local" in err
+    assert no_serve == []
+
+
+def test_cluster_conf_options_need_ccs(
+    capsys: pytest.CaptureFixture[str], no_serve: list[tuple[Settings, list[object]]]
+) -> None:
+    for argv in ([*LOCAL, "-f", "x.conf"], [*LOCAL, "-D", "xvm"]):
+        err = usage_error(argv, capsys)
+        assert "cannot be combined with --no-ccs" in err
     assert no_serve == []
 
 

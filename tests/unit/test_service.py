@@ -11,6 +11,7 @@ from xvmd.backend import DomainInfo, DomainState
 from xvmd.backend.fake import FakeBackend
 from xvmd.executor import BackendRunner
 from xvmd.operations import Clock
+from xvmd.policy import Policy
 from xvmd.protocol.auth import Key
 from xvmd.protocol.wire import HashType, Op
 from xvmd.service import Auth, FenceService
@@ -22,7 +23,10 @@ VM = DomainInfo("vm", "00000000-0000-4000-8000-000000000001", DomainState.RUNNIN
 def make_service(max_sessions: int) -> FenceService:
     runner = BackendRunner(FakeBackend([VM]), Clock(time.monotonic, time.sleep), workers=4)
     return FenceService(
-        Auth([KEY], HashType.SHA256, HashType.SHA256), runner, max_sessions=max_sessions
+        Auth(HashType.SHA256, HashType.SHA256),
+        Policy.unrestricted([KEY]),
+        runner,
+        max_sessions=max_sessions,
     )
 
 

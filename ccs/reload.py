@@ -1,0 +1,57 @@
+"""Whether a freshly loaded configuration replaces the running one (pure).
+
+Rules, as RHCS applied them to cluster.conf:
+1. A configuration with errors never replaces the running one.
+2. A changed cluster.conf is taken only if its config_version is greater than the running one;
+   an edit without a version bump is reported and ignored.
+3. The same cluster.conf with changed key files is a key rotation and is taken at once (key
+   files carry no version of their own).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .issues import Issue, Severity
+from .load import LoadResult, Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    snapshot: Snapshot | None  # the new snapshot to apply, or None to keep the running one
+    summary: str
+    problems: tuple[Issue, ...] = ()
+
+
+def _keys(snap: Snapshot) -> tuple[tuple[str, bytes], ...]:
+    return tuple((d.name, d.key) for d in snap.plan.devices)
+
+
+def decide(current: Snapshot, result: LoadResult) -> Decision:
+    new = result.snapshot
+    if new is None:
+        errors = tuple(i for i in result.issues if i.severity is Severity.ERROR)
+        return Decision(
+            None,
+            f"new configuration rejected ({len(errors)} errors); still serving config_version "
+            f"{current.version}",
+            errors,
+        )
+    if new.digest == current.digest:
+        if _keys(new) == _keys(current) and new.plan == current.plan:
+            return Decision(None, "configuration unchanged")
+        return Decision(new, f"key files changed; now serving {_describe(new)}")
+    if new.version <= current.version:
+        return Decision(
+            None,
+            f"cluster.conf changed but config_version {new.version} is not greater than the "
+            f"running {current.version}: change ignored (bump config_version to apply it)",
+        )
+    return Decision(
+        new, f"config_version {current.version} -> {new.version}: now serving {_describe(new)}"
+    )
+
+
+def _describe(snap: Snapshot) -> str:
+    devices = ", ".join(f"{d.name} ({len(d.nodes)} nodes)" for d in snap.plan.devices)
+    return devices or "no device"

@@ -1,0 +1,136 @@
+"""Who may fence what: request targets mapped to libvirt domains, and refusals.
+
+Rules:
+1. Pure: built from a ccs snapshot (or from one key, without cluster.conf) and never changed;
+   a reload builds a new Policy and the daemon swaps the reference.
+2. With cluster.conf, a request may only touch the VM of a cluster node fenced through the
+   device whose key verified it. A guest cluster can never power off an unrelated VM.
+3. Without cluster.conf (``--no-ccs``) every domain is reachable, as with fence_virtd.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ccs.load import Snapshot
+from ccs.validate import NodeTarget, ServedDevice
+
+from .backend import DomainInfo, is_uuid
+from .protocol.auth import Key
+from .protocol.wire import HostRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """The domains one device (one key) may reach."""
+
+    device: str
+    by_name: Mapping[str, NodeTarget]  # casefolded node names and altnames
+    by_vm: Mapping[str, NodeTarget]  # casefolded VM names or UUIDs
+
+    @classmethod
+    def of(cls, devices: Iterable[ServedDevice]) -> Scope:
+        by_name: dict[str, NodeTarget] = {}
+        by_vm: dict[str, NodeTarget] = {}
+        names = []
+        for sd in devices:
+            names.append(sd.name)
+            for t in sd.nodes:
+                for n in t.names:
+                    by_name.setdefault(n.casefold(), t)
+                by_vm.setdefault(t.domain.casefold(), t)
+        return cls("+".join(names), by_name, by_vm)
+
+    def holds(self, dom: DomainInfo) -> NodeTarget | None:
+        return self.by_vm.get(dom.name.casefold()) or self.by_vm.get(dom.uuid.casefold())
+
+
+@dataclass(frozen=True, slots=True)
+class Mapped:
+    """A request target turned into what to look up, and the node it belongs to."""
+
+    domain: str
+    node: NodeTarget | None
+    scope: Scope | None
+
+    def allows(self, dom: DomainInfo | None) -> bool:
+        """Final check on the domain libvirt resolved (None: no such domain)."""
+        if self.scope is None:
+            return True
+        if dom is None:
+            return self.node is not None  # a known node's VM may be absent: answer as usual
+        return self.scope.holds(dom) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Policy:
+    keys: tuple[Key, ...]
+    scopes: Mapping[int, Scope] = field(default_factory=dict)  # id(key) -> scope
+    everything: Scope | None = None  # all served devices, for unsigned requests
+    cluster: str | None = None
+    version: int | None = None
+
+    @classmethod
+    def unrestricted(cls, keys: Sequence[Key]) -> Policy:
+        return cls(tuple(keys))
+
+    @classmethod
+    def from_snapshot(cls, snap: Snapshot) -> Policy:
+        keys, scopes = [], {}
+        for sd in snap.plan.devices:
+            key = Key(sd.key)
+            keys.append(key)
+            scopes[id(key)] = Scope.of([sd])
+        return cls(
+            tuple(keys),
+            scopes,
+            Scope.of(snap.plan.devices),
+            snap.cluster.name,
+            snap.version,
+        )
+
+    @property
+    def restricted(self) -> bool:
+        return self.everything is not None
+
+    def scope_for(self, key: Key | None) -> Scope | None:
+        if not self.restricted:
+            return None
+        if key is None:
+            return self.everything
+        return self.scopes.get(id(key), self.everything)
+
+    def map(self, key: Key | None, target: str) -> Mapped | Refused:
+        scope = self.scope_for(key)
+        if scope is None:
+            return Mapped(target, None, None)
+        folded = target.casefold()
+        node = scope.by_name.get(folded)
+        if node is not None:
+            return Mapped(node.domain, node, scope)
+        node = scope.by_vm.get(folded)
+        if node is not None:
+            return Mapped(target, node, scope)
+        if is_uuid(target):
+            # The map may name the VM while the request names its UUID: decide after lookup.
+            return Mapped(target, None, scope)
+        return Refused(
+            f"{target!r} is no node or VM of cluster {self.cluster!r} fenced through "
+            f"device {scope.device}"
+        )
+
+    def hostlist(self, key: Key | None, records: Iterable[HostRecord]) -> list[HostRecord]:
+        scope = self.scope_for(key)
+        if scope is None:
+            return list(records)
+        return [
+            r
+            for r in records
+            if r.name.casefold() in scope.by_vm or r.uuid.casefold() in scope.by_vm
+        ]
