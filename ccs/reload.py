@@ -33,7 +33,8 @@ def decide(current: Snapshot, result: LoadResult) -> Decision:
         errors = tuple(i for i in result.issues if i.severity is Severity.ERROR)
         return Decision(
             None,
-            f"new configuration rejected ({len(errors)} errors); still serving config_version "
+            f"new configuration rejected ({len(errors)} error{'s' * (len(errors) != 1)}); "
+            f"still serving config_version "
             f"{current.version}",
             errors,
         )

@@ -169,8 +169,9 @@ def settings_from_args(
     }
     values.update({k: v for k, v in cli_values.items() if v is not None})
     debug = args.debug
-    if not debug and ccs_attrs and (ccs_attrs.get("debug") or "0").strip().isdigit():
-        debug = int(ccs_attrs["debug"])
+    ccs_debug = (ccs_attrs or {}).get("debug", "").strip()
+    if not debug and ccs_debug.isdigit():
+        debug = int(ccs_debug)
     settings = Settings(
         debug=debug,
         local=args.local,

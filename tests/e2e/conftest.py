@@ -69,9 +69,15 @@ def start_xvmd(netns: Netns, key_file: Path, tmp_path: Path) -> Iterator[XvmdFac
         uri: str | None = None,
         ns: Netns | None = None,
         interface: str | None = "lo",
+        no_ccs: bool = True,
+        omit_port: bool = False,
     ) -> Xvmd:
         p = port if port is not None else next(_ports)
-        args = ["--local", "--no-ccs", "-k", str(key or key_file), "-p", str(p)]
+        args = ["--local"]
+        if no_ccs:
+            args += ["--no-ccs", "-k", str(key or key_file)]
+        if not omit_port:
+            args += ["-p", str(p)]
         if interface:
             args += ["-I", interface]
         args += ["-U", uri or f"test://{DOMAINS_XML}", *extra]
