@@ -255,6 +255,9 @@ class FenceService:
         self.stats.served[result.label] += 1
         elapsed = (self._now() - started) * 1000
         mapped = f" (domain {domain})" if domain else ""
+        scope = policy.scope_for(key)
+        if scope is not None:
+            who = f"{who} [{scope.device}]"
         failed = result is Result.FAIL and req.op is not Op.NULL  # null always 'fails'
         level = logging.WARNING if failed or result is Result.PERM else logging.INFO
         reqlog.log(

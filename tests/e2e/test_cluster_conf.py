@@ -89,7 +89,7 @@ def test_node_names_map_to_their_vms(netns: Netns, daemon: Xvmd, deployment: Dep
     assert xvm(netns, daemon, key, "-o", "status", "-H", "vm-01").rc == 2  # node1's VM is off
     assert xvm(netns, daemon, key, "-o", "on", "-H", "NODE1").rc == 0  # names fold case
     assert xvm(netns, daemon, key, "-o", "status", "-H", "node2-ring1").rc == 0  # altname
-    assert daemon.wait_for_log("off 'node1' (domain vm-01) -> success")
+    assert daemon.wait_for_log("127.0.0.1 [xvm-host1] off 'node1' (domain vm-01) -> success")
 
 
 def test_vms_outside_the_cluster_are_refused(
