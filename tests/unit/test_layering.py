@@ -1,0 +1,93 @@
+"""The dependency rules of docs/architecture.md, checked on the source."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tests.support.harness import REPO
+
+PURE_FORBIDDEN = {
+    "socket",
+    "asyncio",
+    "time",
+    "os",
+    "random",
+    "subprocess",
+    "libvirt",
+    "pyroute2",
+    "watchdog",
+    "threading",
+    "secrets",
+}
+
+
+def imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def top(names: set[str]) -> set[str]:
+    return {n.split(".")[0] for n in names}
+
+
+def calls_open(path: Path) -> bool:
+    tree = ast.parse(path.read_text())
+    return any(
+        isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "open"
+        for n in ast.walk(tree)
+    )
+
+
+SOURCES = sorted([*REPO.glob("xvmd/**/*.py"), *REPO.glob("ccs/**/*.py")])
+
+
+def rel(p: Path) -> str:
+    return str(p.relative_to(REPO))
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        *sorted(REPO.glob("xvmd/protocol/*.py")),
+        REPO / "xvmd/policy.py",
+        *(REPO / f"ccs/{m}.py" for m in ("issues", "model", "parse", "validate", "reload")),
+    ],
+    ids=rel,
+)
+def test_pure_modules_do_no_io(module: Path) -> None:
+    bad = top(imports(module)) & PURE_FORBIDDEN
+    if module.name == "model.py":
+        bad -= {"os"}  # os.path only: joining a relative key path to the config directory
+    assert not bad, f"{rel(module)} imports {bad}"
+    assert not calls_open(module), f"{rel(module)} opens files"
+
+
+@pytest.mark.parametrize(
+    ("library", "owners"),
+    [
+        ("libvirt", {"xvmd/backend/libvirt.py"}),
+        ("pyroute2", {"xvmd/net/iface.py"}),
+        ("watchdog", {"ccs/watch.py"}),
+    ],
+)
+def test_each_library_has_one_owner(library: str, owners: set[str]) -> None:
+    users = {rel(p) for p in SOURCES if library in top(imports(p))}
+    assert users == owners
+
+
+def test_ccs_never_imports_xvmd() -> None:
+    for path in REPO.glob("ccs/**/*.py"):
+        assert "xvmd" not in top(imports(path)), rel(path)
+    # ...including relative imports that climb out of the package.
+    for path in REPO.glob("ccs/**/*.py"):
+        tree = ast.parse(path.read_text())
+        assert not any(isinstance(n, ast.ImportFrom) and n.level > 1 for n in ast.walk(tree))
