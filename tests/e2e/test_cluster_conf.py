@@ -265,3 +265,15 @@ def test_invalid_cluster_conf_refuses_to_start(
     assert res.rc == 1
     assert re.search(r"cluster\.conf:\d+: error duplicate-nodeid", res.stderr), res.stderr
     assert "not starting" in res.stderr
+
+
+def test_deleted_and_recreated_file_is_followed(
+    netns: Netns, daemon: Xvmd, deployment: Deployment
+) -> None:
+    key = deployment.keys["host1"]
+    deployment.conf.unlink()
+    wait_until(lambda: "config-unreadable" in daemon.log())
+    assert xvm(netns, daemon, key, "-o", "status", "-H", "node1").rc == 0  # last good config
+    deployment.conf.write_text(deployment.bumped(8, NODE5))  # recreated in place
+    wait_until(lambda: "config_version 7 -> 8" in daemon.log())
+    assert xvm(netns, daemon, key, "-o", "status", "-H", "node5").rc == 0

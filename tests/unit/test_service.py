@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from pathlib import Path
 
 from tests.support import pyclient
 from xvmd.backend import DomainInfo, DomainState
@@ -96,3 +97,63 @@ def test_reject_path_counts_each_reason_without_spawning_sessions() -> None:
         "no-callback": 1,
         "op": 1,
     }
+
+
+def test_a_request_in_flight_finishes_under_the_policy_it_started_with(tmp_path: Path) -> None:
+    """Swap the policy while a request is mid-authentication: it keeps the old key and map."""
+    import ccs
+
+    conf = tmp_path / "cluster.conf"
+    key_path = tmp_path / "host.key"
+    key_path.write_bytes(os.urandom(256))
+    key_path.chmod(0o600)
+
+    def config(version: int, vm: str) -> ccs.Snapshot:
+        conf.write_text(
+            f'<cluster name="c" config_version="{version}"><clusternodes>'
+            f'<clusternode name="n1" nodeid="1"><fence><method name="1">'
+            f'<device name="xvm" port="{vm}"/></method></fence></clusternode></clusternodes>'
+            f'<fencedevices><fencedevice name="xvm" agent="fence_xvm" key_file="{key_path}"/>'
+            "</fencedevices></cluster>"
+        )
+        snap = ccs.load(str(conf)).snapshot
+        assert snap is not None
+        return snap
+
+    old = Policy.from_snapshot(config(1, "vm"))
+    new = Policy.from_snapshot(config(2, "other-vm"))
+    key = old.keys[0]
+
+    async def scenario() -> tuple[int | None, int | None]:
+        service = make_service(max_sessions=4)
+        service.policy = old
+        go = asyncio.Event()
+        results: list[int | None] = []
+
+        async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await go.wait()  # the daemon is waiting for our challenge now
+            c1 = os.urandom(64)
+            writer.write(c1)
+            r1 = await reader.readexactly(64)
+            assert r1 == key.digest(HashType.SHA256, c1)
+            c2 = await reader.readexactly(64)
+            writer.write(key.digest(HashType.SHA256, c2))
+            results.append((await reader.read(1) or b"\xff")[0])
+            writer.close()
+
+        server = await asyncio.start_server(client, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        service.datagram_received(pyclient.build(Op.STATUS, "n1", key, port=port), ("127.0.0.1", 1))
+        await asyncio.sleep(0.1)
+        service.policy = new  # reload lands mid-request
+        go.set()
+        await asyncio.sleep(0.5)
+        late = pyclient.build(Op.STATUS, "n1", key, port=port)
+        service.datagram_received(late, ("127.0.0.1", 1))  # starts under the new policy
+        await asyncio.sleep(0.5)
+        server.close()
+        return results[0], results[1]
+
+    first, second = asyncio.run(scenario())
+    assert first == 0  # n1 -> vm under the old map, and vm runs in the fake backend
+    assert second == 2  # n1 -> other-vm under the new map: no such domain, so OFF
