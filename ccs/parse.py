@@ -10,6 +10,7 @@ Rules:
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable
 
 from lxml import etree
@@ -32,6 +33,7 @@ FAMILIES = frozenset({"auto", "ipv4", "ipv6"})
 _TRUE = frozenset({"1", "yes", "true", "on"})
 _FALSE = frozenset({"0", "no", "false", "off"})
 MAX_DOMAIN_BYTES = 63
+_DIGITS = re.compile(r"\+?[0-9]+")
 
 
 def _parser() -> etree.XMLParser:
@@ -72,10 +74,10 @@ class _Checker:
         raw = self.required(el, attr) if required else el.get(attr)
         if raw is None:
             return None
-        try:
-            value = int(raw.strip(), 10)
-        except ValueError:
-            value = None
+        # ASCII digits only: int() would also take "1_0" or other scripts' digits, which
+        # cman's atoi() reads differently, and the two must agree on versions and nodeids.
+        text = raw.strip()
+        value = int(text) if _DIGITS.fullmatch(text) else None
         if value is None or value < minimum:
             self.add(
                 Code.BAD_NUMBER,
@@ -87,7 +89,8 @@ class _Checker:
 
     def port(self, el: etree._Element, attr: str) -> None:
         raw = el.get(attr)
-        if raw is not None and not (raw.strip().isdigit() and 1 <= int(raw) <= 65535):
+        text = (raw or "").strip()
+        if raw is not None and not (_DIGITS.fullmatch(text) and 1 <= int(text) <= 65535):
             self.add(
                 Code.BAD_PORT, f'<{el.tag}> {attr}="{raw}" is not a port in 1..65535', _line(el)
             )

@@ -31,7 +31,11 @@ def read_config(path: str) -> bytes:
 
 def read_key(path: str) -> KeyState:
     try:
-        with open(path, "rb") as fh:
+        # stat first and open non-blocking: opening a FIFO would otherwise wait for a writer.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return KeyState(path, None, "not a regular file")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as fh:
             st = os.fstat(fh.fileno())
             if not stat.S_ISREG(st.st_mode):
                 return KeyState(path, None, "not a regular file")

@@ -116,9 +116,14 @@ def _structure(cluster: Cluster) -> list[Issue]:
                 )
             )
         seen_ids.setdefault(node.nodeid, node)
-        if not node.methods:
+        if not any(m.devices for m in node.methods):
             out.append(
-                Issue(Code.NODE_NOT_FENCED, f"node {node.name!r} has no fence method", f, node.line)
+                Issue(
+                    Code.NODE_NOT_FENCED,
+                    f"node {node.name!r} has no fence method with a device",
+                    f,
+                    node.line,
+                )
             )
     seen_devices: dict[str, FenceDevice] = {}
     for dev in cluster.devices:
@@ -310,6 +315,8 @@ def validate(
     f = cluster.file
     issues = _structure(cluster)
     chosen = selected_devices(cluster, explicit)
+    # -D names come from the command line (no line); <fence_xvmd device=> from its element.
+    where = 0 if explicit or cluster.fence_xvmd is None else cluster.fence_xvmd.line
     candidates: Iterable[FenceDevice]
     if chosen is not None:
         candidates = []
@@ -322,7 +329,7 @@ def validate(
                         f"device {name!r} is selected for this "
                         "host but not defined in <fencedevices>",
                         f,
-                        0,
+                        where,
                     )
                 )
             elif not dev.is_xvm:

@@ -1,0 +1,159 @@
+"""The fixture for every issue code, and helpers to copy and read fixtures.
+
+``CASES`` maps each ``ccs.Code`` to the file that provokes it (``fixtures/ccs/invalid-CODE.conf``
+for errors, ``warn-CODE.conf`` for warnings) and what the test expects of the issue: the line it
+points at (found by a snippet of that line, so editing a fixture's header does not break the
+test) and a fragment of its message.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ccs import Code
+
+REPO = Path(__file__).resolve().parents[3]
+FIXTURES = REPO / "fixtures"
+CCS_DIR = FIXTURES / "ccs"
+KEYS_DIR = FIXTURES / "keys"
+
+VALID_FIXTURES = (
+    "two-host.conf",
+    "two-node.conf",
+    "sixteen-nodes.conf",
+    "qdisk.conf",
+    "old-generation.conf",
+    "fence-xvmd-settings.conf",
+    "altnames.conf",
+    "uuid.conf",
+)
+
+
+def stage_tree(root: Path, key_modes: Mapping[str, int] | None = None) -> None:
+    """Copy fixtures/ccs and fixtures/keys under ``root``; keys get mode 0600 unless
+    ``key_modes`` says otherwise."""
+    shutil.copytree(CCS_DIR, root / "ccs")
+    shutil.copytree(KEYS_DIR, root / "keys")
+    for key in (root / "keys").glob("*.key"):
+        key.chmod(0o600)
+    for name, mode in (key_modes or {}).items():
+        (root / "keys" / name).chmod(mode)
+
+
+def line_of(path: Path, snippet: str) -> int:
+    """1-based number of the last line of ``path`` that contains ``snippet``."""
+    found = [n for n, text in enumerate(path.read_text().splitlines(), 1) if snippet in text]
+    assert found, f"{snippet!r} is not in {path}"
+    return found[-1]
+
+
+@dataclass(frozen=True)
+class Case:
+    code: Code
+    fixture: str | None  # under fixtures/ccs; None: load a path that does not exist
+    at: str | None  # snippet of the (last) line the issue points at; None: line 0 (whole file)
+    says: str  # a fragment of the issue's message
+    explicit: tuple[str, ...] | None = None  # devices passed as ``-D``
+    key_modes: Mapping[str, int] = field(default_factory=dict)  # stage privately, these modes
+    also: frozenset[Code] = frozenset()  # other codes the file unavoidably yields
+
+    @property
+    def id(self) -> str:
+        return str(self.code)
+
+
+CASES: tuple[Case, ...] = (
+    # Structure
+    Case(Code.CONFIG_UNREADABLE, None, None, "no such file"),
+    Case(Code.XML_SYNTAX, "invalid-xml-syntax.conf", "</clusternod>", "tag mismatch"),
+    Case(Code.NOT_CLUSTER, "invalid-not-cluster.conf", "<cib ", "root element is <cib>"),
+    Case(Code.MISSING_ELEMENT, "invalid-missing-element.conf", "<cluster ", "<clusternodes>"),
+    Case(Code.MISSING_ATTRIBUTE, "invalid-missing-attribute.conf", "<method>", "name="),
+    # Values
+    Case(Code.BAD_NUMBER, "invalid-bad-number.conf", 'votes="one"', 'votes="one"'),
+    Case(Code.BAD_PORT, "invalid-bad-port.conf", 'ipport="70000"', 'ipport="70000"'),
+    Case(Code.BAD_HASH, "invalid-bad-hash.conf", 'hash="md5"', 'hash="md5"'),
+    Case(Code.BAD_ADDRESS, "invalid-bad-address.conf", "multicast_address=", "192.168.122.1"),
+    Case(Code.BAD_FAMILY, "invalid-bad-family.conf", 'ip_family="inet6"', "inet6"),
+    Case(Code.BAD_BOOLEAN, "invalid-bad-boolean.conf", 'use_uuid="enabled"', "enabled"),
+    Case(Code.DOMAIN_TOO_LONG, "invalid-domain-too-long.conf", 'port="vm-n2-n2', "64 bytes"),
+    # Cross references
+    Case(
+        Code.DUPLICATE_NODE_NAME,
+        "invalid-duplicate-node-name.conf",
+        '<clusternode name="n1" nodeid="2">',
+        "name 'n1'",
+    ),
+    Case(
+        Code.DUPLICATE_NODEID,
+        "invalid-duplicate-nodeid.conf",
+        '<clusternode name="n2" nodeid="1">',
+        "nodeid 1",
+    ),
+    Case(
+        Code.DUPLICATE_DEVICE_NAME,
+        "invalid-duplicate-device-name.conf",
+        "../keys/host2.key",
+        "'xvm-host1' is defined twice",
+    ),
+    Case(Code.UNDEFINED_DEVICE, "invalid-undefined-device.conf", '"xvm-host2"', "'xvm-host2'"),
+    Case(Code.UNKNOWN_DEVICE, "invalid-unknown-device.conf", "<fence_xvmd", "'xvm-host9'"),
+    Case(Code.UNKNOWN_AGENT, "invalid-unknown-agent.conf", 'name="ipmi-n1"', "fence_ipmilan"),
+    Case(
+        Code.DUPLICATE_DOMAIN,
+        "invalid-duplicate-domain.conf",
+        'port="vm-n1"',  # the last one: the second node to claim the VM
+        "VM 'vm-n1'",
+    ),
+    Case(
+        Code.CONFLICTING_DOMAIN,
+        "invalid-conflicting-domain.conf",
+        'domain="vm-other"',
+        'port="vm-n2" and domain="vm-other"',
+    ),
+    # Quorum settings
+    Case(Code.TWO_NODE_VOTES, "invalid-two-node-votes.conf", "<cman ", 'not "2"'),
+    Case(Code.TWO_NODE_COUNT, "warn-two-node-count.conf", "<cman ", "3 nodes"),
+    # Keys
+    Case(Code.KEY_MISSING, "invalid-key-missing.conf", "missing.key", "does not exist"),
+    Case(
+        Code.KEY_UNREADABLE,
+        "invalid-key-unreadable.conf",
+        'key_file="../keys"',
+        "not a regular file",
+    ),
+    Case(Code.KEY_EMPTY, "invalid-key-empty.conf", "empty.key", "is empty"),
+    Case(Code.KEY_TOO_LONG, "warn-key-too-long.conf", "long.key", "5000 bytes"),
+    Case(
+        Code.KEY_PERMISSIONS,
+        "warn-key-permissions.conf",
+        "host3.key",
+        "mode 0644",
+        key_modes={"host3.key": 0o644},
+    ),
+    Case(Code.KEY_SHARED, "invalid-key-shared.conf", "host1-copy.key", "identical key bytes"),
+    Case(Code.NO_DEVICE, "invalid-no-device.conf", None, "serves no fence device"),
+    # Advice
+    Case(Code.OLD_PORT, "warn-old-port.conf", 'port="1229"', "old-generation IP port"),
+    Case(Code.NODE_NOT_FENCED, "warn-node-not-fenced.conf", 'name="n3"', "'n3'"),
+    Case(Code.UNUSED_DEVICE, "warn-unused-device.conf", 'name="xvm-host2"', "'xvm-host2'"),
+    Case(Code.CLUSTER_NAME_LONG, "warn-cluster-name-long.conf", "<cluster ", "23 characters"),
+)
+
+
+def case_path(case: Case, staged: Path, tmp_path: Path) -> Path:
+    """The file to load for ``case``: from the shared staged copy, or from a private copy in
+    ``tmp_path`` when the case needs particular key modes."""
+    if case.fixture is None:
+        return tmp_path / "no-such-dir" / "cluster.conf"
+    if case.key_modes:
+        stage_tree(tmp_path, case.key_modes)
+        return tmp_path / "ccs" / case.fixture
+    return staged / "ccs" / case.fixture
+
+
+# Fixtures with several defects, covered by their own tests rather than by CASES.
+MULTI_DEFECT_FIXTURES = frozenset({"invalid-several.conf"})
