@@ -57,6 +57,7 @@ class Code(enum.StrEnum):
     NODE_NOT_FENCED = "node-not-fenced"
     UNUSED_DEVICE = "unused-device"
     CLUSTER_NAME_LONG = "cluster-name-long"
+    UNRESOLVED_NODE = "unresolved-node"
 
 
 SEVERITY: dict[Code, Severity] = {code: Severity.ERROR for code in Code}
@@ -69,6 +70,7 @@ SEVERITY.update(
         Code.NODE_NOT_FENCED: Severity.WARNING,
         Code.UNUSED_DEVICE: Severity.WARNING,
         Code.CLUSTER_NAME_LONG: Severity.WARNING,
+        Code.UNRESOLVED_NODE: Severity.WARNING,
     }
 )
 
@@ -106,6 +108,7 @@ DESCRIPTION: dict[Code, str] = {
     Code.NODE_NOT_FENCED: "a cluster node has no fence method",
     Code.UNUSED_DEVICE: "a fence_xvm device is used by no cluster node",
     Code.CLUSTER_NAME_LONG: "the cluster name is longer than 16 characters (cman's limit)",
+    Code.UNRESOLVED_NODE: "no name of a node resolves to an address: its requests are refused",
 }
 
 

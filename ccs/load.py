@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .issues import Code, Issue, has_errors
@@ -36,22 +36,36 @@ class LoadResult:
     unreadable: str | None = None  # set when the file itself could not be read
 
 
-def load(path: str, devices: Sequence[str] | None = None) -> LoadResult:
-    """Load ``path``; ``snapshot`` is set only when there are no errors."""
+Resolver = Callable[[Iterable[str]], Mapping[str, tuple[str, ...]]]
+
+
+def load(
+    path: str, devices: Sequence[str] | None = None, resolver: Resolver | None = None
+) -> LoadResult:
+    """Load ``path``; ``snapshot`` is set only when there are no errors.
+
+    ``resolver`` (e.g. ``ccs.source.resolve``) looks up every node name and altname for the
+    requester check; without one there is no requester map.
+    """
     try:
         data = read_config(path)
     except SourceError as exc:
         issue = Issue(Code.CONFIG_UNREADABLE, str(exc), path, 0)
         return LoadResult(None, (issue,), unreadable=str(exc))
-    return load_bytes(data, path, devices)
+    return load_bytes(data, path, devices, resolver)
 
 
-def load_bytes(data: bytes, path: str, devices: Sequence[str] | None = None) -> LoadResult:
+def load_bytes(
+    data: bytes, path: str, devices: Sequence[str] | None = None, resolver: Resolver | None = None
+) -> LoadResult:
     cluster, issues = parse(data, path)
     if cluster is None:
         return LoadResult(None, tuple(issues))
     keys = read_keys(key_paths(cluster))
-    plan, more = validate(cluster, keys, devices)
+    addresses = None
+    if resolver is not None:
+        addresses = resolver([n for node in cluster.nodes for n in node.names])
+    plan, more = validate(cluster, keys, devices, addresses)
     all_issues = sorted([*issues, *more], key=lambda i: i.line)
     if has_errors(all_issues):
         return LoadResult(None, tuple(all_issues), cluster, plan)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import ipaddress
 import os
+import socket
 import stat
 from collections.abc import Iterable
 
@@ -57,3 +60,37 @@ def key_paths(cluster: Cluster) -> list[str]:
 
 def read_keys(paths: Iterable[str]) -> dict[str, KeyState]:
     return {p: read_key(p) for p in paths}
+
+
+RESOLVE_TIMEOUT = 3.0
+
+
+def _lookup(name: str) -> tuple[str, ...]:
+    try:
+        return (str(ipaddress.ip_address(name)),)
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return ()
+    return tuple(sorted({str(ipaddress.ip_address(str(i[4][0]).split("%")[0])) for i in infos}))
+
+
+def resolve(names: Iterable[str], timeout: float = RESOLVE_TIMEOUT) -> dict[str, tuple[str, ...]]:
+    """The addresses each name resolves to through the system resolver (/etc/hosts, DNS); an
+    IP literal is its own address. Lookups run in parallel and all together get ``timeout``
+    seconds, so a slow DNS server cannot stall a reload; what is not resolved by then maps to
+    an empty tuple (and gets an ``unresolved-node`` warning)."""
+    unique = list(dict.fromkeys(names))
+    out: dict[str, tuple[str, ...]] = {n: () for n in unique}
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(16, max(len(unique), 1)))
+    futures = {pool.submit(_lookup, n): n for n in unique}
+    try:
+        for fut in concurrent.futures.as_completed(futures, timeout=timeout):
+            out[futures[fut]] = fut.result()
+    except TimeoutError:
+        pass
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return out

@@ -66,6 +66,9 @@ class NotServed:
 class HostPlan:
     devices: tuple[ServedDevice, ...]
     not_served: tuple[NotServed, ...]
+    # Address -> node name, for every node of the cluster: who may send requests.
+    # None when names were not resolved (no requester check is possible).
+    requesters: Mapping[str, str] | None = None
 
 
 def vm_for(node: ClusterNode, ref: DeviceRef, device: FenceDevice | None) -> str:
@@ -301,19 +304,48 @@ def selected_devices(cluster: Cluster, explicit: Sequence[str] | None) -> Sequen
     return None
 
 
+def _requesters(
+    cluster: Cluster, addresses: Mapping[str, tuple[str, ...]] | None, out: list[Issue]
+) -> dict[str, str] | None:
+    """Address -> node for every node; nodes none of whose names resolve get a warning."""
+    if addresses is None:
+        return None
+    found: dict[str, str] = {}
+    for node in cluster.nodes:
+        mine = [a for n in node.names for a in (addresses or {}).get(n, ())]
+        if addresses is not None and not mine:
+            out.append(
+                Issue(
+                    Code.UNRESOLVED_NODE,
+                    f"node {node.name!r}: none of its names "
+                    "resolves to an address, so its requests will be refused (add an "
+                    "<altname> holding its address)",
+                    cluster.file,
+                    node.line,
+                )
+            )
+        for addr in mine:
+            found.setdefault(addr, node.name)
+    return found
+
+
 def validate(
     cluster: Cluster,
     keys: Mapping[str, KeyState],
     explicit: Sequence[str] | None = None,
+    addresses: Mapping[str, tuple[str, ...]] | None = None,
 ) -> tuple[HostPlan, list[Issue]]:
     """Check ``cluster`` and plan what this host serves.
 
     Args:
         keys: KeyState per key path of every fence_xvm device.
         explicit: device names from ``-D`` (None: ``<fence_xvmd device=>``, else automatic).
+        addresses: the addresses each node name and altname resolves to (None: not resolved,
+            no requester map and no ``unresolved-node`` warnings).
     """
     f = cluster.file
     issues = _structure(cluster)
+    requesters = _requesters(cluster, addresses, issues)
     chosen = selected_devices(cluster, explicit)
     # -D names come from the command line (no line); <fence_xvmd device=> from its element.
     where = 0 if explicit or cluster.fence_xvmd is None else cluster.fence_xvmd.line
@@ -388,4 +420,4 @@ def validate(
                 )
             )
     issues.sort(key=lambda i: i.line)
-    return HostPlan(tuple(served), tuple(not_served)), issues
+    return HostPlan(tuple(served), tuple(not_served), requesters), issues

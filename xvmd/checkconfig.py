@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 import ccs
+import ccs.source
 from ccs.issues import Severity
 from ccs.load import LoadResult
 
@@ -37,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="fence device this host serves (repeatable; default: <fence_xvmd "
         "device=...>, else every fence_xvm device whose key file is readable here)",
+    )
+    p.add_argument(
+        "--no-resolve",
+        action="store_true",
+        help="do not look node names up (no requester map, no unresolved-node warnings)",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return p
@@ -134,7 +140,8 @@ def render(result: LoadResult, path: str, out: TextIO) -> None:
 
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
-    result = ccs.load(args.config, args.devices)
+    resolver = None if args.no_resolve else ccs.source.resolve
+    result = ccs.load(args.config, args.devices, resolver)
     if args.json:
         json.dump(as_json(result, args.config), sys.stdout, indent=2)
         print()

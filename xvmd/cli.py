@@ -14,10 +14,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 import ccs
+import ccs.source
 from ccs.load import Snapshot
 
 from . import __version__
 from . import log as xlog
+from .control import DEFAULT_CONTROL
 from .keys import KeyFileError, load_key
 from .policy import Policy
 from .protocol.auth import Key
@@ -52,10 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
         "powers libvirt domains off, on or through a reboot.",
         epilog="Option names follow fence_xvmd. Options given here override <fence_xvmd> in "
         "cluster.conf. Logs go to stderr, one line per request. "
-        "Subcommand: 'xvmd check-config [-f PATH] [--json]'.",
+        "Subcommands: 'xvmd check-config [-f PATH] [--json]', 'xvmd status [--json]'.",
     )
     p.add_argument(
-        "--local", action="store_true", help="non-cluster mode: no corosync quorum checks"
+        "--local",
+        action="store_true",
+        help="non-cluster mode: no corosync quorum checks (default: cluster mode, power "
+        "actions only while this host's corosync partition is quorate)",
     )
     p.add_argument(
         "--no-ccs",
@@ -118,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=HASHES,
         help="challenge-response hash; must match the clients' -C (default sha256)",
     )
+    p.add_argument(
+        "--control",
+        metavar="PATH",
+        default=DEFAULT_CONTROL,
+        help=f"control socket read by 'xvmd status' (default {DEFAULT_CONTROL}; 'none': off)",
+    )
     p.add_argument("-d", dest="debug", action="count", default=0, help="debug logging")
     p.add_argument(
         "--tcp",
@@ -173,6 +184,7 @@ def settings_from_args(
     if not debug and ccs_debug.isdigit():
         debug = int(ccs_debug)
     settings = Settings(
+        control=None if args.control == "none" else os.path.abspath(args.control),
         debug=debug,
         local=args.local,
         no_ccs=args.no_ccs,
@@ -192,7 +204,7 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def _load_cluster_conf(path: str, devices: Sequence[str] | None) -> Snapshot | int:
-    result = ccs.load(path, devices)
+    result = ccs.load(path, devices, ccs.source.resolve)
     if result.snapshot is None:
         for issue in result.issues:
             print(issue.render(), file=sys.stderr)
@@ -211,11 +223,6 @@ def _load_cluster_conf(path: str, devices: Sequence[str] | None) -> Snapshot | i
 def run(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.local:
-        parser.error(
-            "cluster mode (quorum and membership checks) is not available in this version yet; "
-            "run with --local"
-        )
     if args.no_ccs and (args.config or args.devices):
         parser.error("-f and -D need cluster.conf; they cannot be combined with --no-ccs")
     xlog.setup(args.debug)
@@ -242,6 +249,11 @@ def run(argv: Sequence[str]) -> int:
                 args.key_file,
             )
         return _serve(settings, Policy.from_snapshot(snapshot), snapshot)
+    if not settings.local:
+        log.warning(
+            "cluster mode without cluster.conf: quorum is checked, but any requester may "
+            "reach any domain"
+        )
     keys: list[Key] = []
     try:
         key, warnings = load_key(settings.key_file)
@@ -266,14 +278,19 @@ def _serve(settings: Settings, policy: Policy, snapshot: Snapshot | None) -> int
         sockets = open_sockets(settings)
     except (StartupError, SettingsError) as exc:
         return _fail(str(exc))
-    daemon = Daemon(settings, policy, LibvirtBackend(settings.uri), snapshot)
+    quorum = None
+    if not settings.local:
+        from .quorum.corosync import CorosyncQuorum
+
+        quorum = CorosyncQuorum()
+    daemon = Daemon(settings, policy, LibvirtBackend(settings.uri), snapshot, quorum)
     try:
         return asyncio.run(daemon.run(sockets))
     except StartupError as exc:
         return _fail(str(exc))
 
 
-SUBCOMMANDS = ("check-config",)
+SUBCOMMANDS = ("check-config", "status")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -282,4 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import checkconfig
 
         return checkconfig.main(args[1:])
+    if args and args[0] == "status":
+        from . import statuscmd
+
+        return statuscmd.main(args[1:])
     return run(args)

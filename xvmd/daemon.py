@@ -6,21 +6,26 @@ Nothing else in xvmd opens sockets at start-up or installs signal handlers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
+import os
 import signal
 import socket
 import time
 from collections import Counter
+from typing import Any
 
 from ccs.load import Snapshot
 
+from . import __version__, control
 from .backend import Backend
 from .executor import BackendRunner
 from .net import tcp, udp
 from .net.iface import InterfaceError, interface_index
 from .operations import Clock
 from .policy import Policy
+from .quorum import QuorumSource
 from .reloader import Reloader
 from .service import Auth, FenceService
 from .settings import Listener, Settings
@@ -83,85 +88,105 @@ class Daemon:
         policy: Policy,
         backend: Backend,
         snapshot: Snapshot | None = None,
+        quorum: QuorumSource | None = None,
     ) -> None:
         self.settings = settings
         self.policy = policy
         self.backend = backend
         self.snapshot = snapshot
+        self.quorum = quorum  # None: --local
+        self.started = time.time()
+        self.backend_up = False
+        self.where: list[str] = []
         self._stop = asyncio.Event()
         self._transports: list[asyncio.BaseTransport] = []
         self._servers: list[asyncio.Server] = []
+        self._service: FenceService | None = None
+        self._reloader: Reloader | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    async def _listen(
+        self, sockets: list[tuple[Listener, socket.socket]], service: FenceService
+    ) -> None:
+        for lst, sock in sockets:
+            self._transports.append(await udp.listen(sock, service.datagram_received))
+            self.where.append(f"{lst.group} port {lst.port}")
+        if self.settings.tcp is not None:
+            host, port = self.settings.tcp
+            try:
+                self._servers.append(await tcp.start_listener(host, port, service.stream_client))
+            except OSError as exc:
+                raise _bind_error(f"TCP {host} port {port}", exc) from None
+            self.where.append(f"TCP {host} port {port}")
+        if self.settings.control:
+            try:
+                self._servers.append(await control.serve(self.settings.control, self.status))
+            except control.ControlError as exc:
+                raise StartupError(str(exc)) from None
 
     async def run(self, sockets: list[tuple[Listener, socket.socket]]) -> int:
         loop = asyncio.get_running_loop()
         clock = Clock(now=time.monotonic, sleep=time.sleep)
         runner = BackendRunner(self.backend, clock, workers=self.settings.workers)
-        service = FenceService(
+        service = self._service = FenceService(
             Auth(self.settings.hash, self.settings.auth),
             self.policy,
             runner,
             max_sessions=self.settings.max_sessions,
             now=loop.time,
+            quorum=self.quorum.current if self.quorum is not None else None,
         )
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        reloader = None
         if self.snapshot is not None and self.settings.config is not None:
 
             def apply(snap: Snapshot) -> None:
                 service.policy = Policy.from_snapshot(snap)
 
-            reloader = Reloader(self.settings.config, self.settings.devices, self.snapshot, apply)
-            reloader.start()
-            loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
+            self._reloader = Reloader(
+                self.settings.config, self.settings.devices, self.snapshot, apply
+            )
+            self._reloader.start()
+            loop.add_signal_handler(signal.SIGHUP, self._reloader.trigger)
         try:
-            where = []
-            for lst, sock in sockets:
-                self._transports.append(await udp.listen(sock, service.datagram_received))
-                where.append(f"{lst.group} port {lst.port}")
-            if self.settings.tcp is not None:
-                host, port = self.settings.tcp
-                try:
-                    self._servers.append(
-                        await tcp.start_listener(host, port, service.stream_client)
-                    )
-                except OSError as exc:
-                    raise _bind_error(f"TCP {host} port {port}", exc) from None
-                where.append(f"TCP {host} port {port}")
-            iface = self.settings.interface or "any interface"
+            if self.quorum is not None:
+                await self.quorum.start()
+            await self._listen(sockets, service)
             log.info(
-                "xvmd ready: %s on %s; hash >= %s, auth %s; backend %s",
-                ", ".join(where),
-                iface,
+                "xvmd ready: %s on %s; hash >= %s, auth %s; backend %s; %s",
+                ", ".join(self.where),
+                self.settings.interface or "any interface",
                 self.settings.hash.label,
                 self.settings.auth.label,
                 self.backend.description,
+                "cluster mode (fencing only while quorate)" if self.quorum else "local mode",
             )
             if self.snapshot is not None:
                 _log_plan(self.snapshot)
             if not self.settings.needs_key:
                 log.warning("authentication is OFF (--hash none --auth none): anyone can fence")
-            connected = await runner.check_connection(loop.time() + 10)
-            if not connected:
+            self.backend_up = await runner.check_connection(loop.time() + 10)
+            if not self.backend_up:
                 log.error(
                     "cannot reach %s yet; requests fail until it answers (retrying every %gs)",
                     self.backend.description,
                     RECONNECT_INTERVAL,
                 )
-            housekeeping = asyncio.create_task(self._housekeeping(runner, service, connected))
+            housekeeping = asyncio.create_task(self._housekeeping(runner, service))
             await self._stop.wait()
             housekeeping.cancel()
             log.info("stopping: no new requests; waiting for %d in flight", service.active_sessions)
         finally:
-            if reloader is not None:
-                await reloader.stop()
+            if self._reloader is not None:
+                await self._reloader.stop()
             for tr in self._transports:
                 tr.close()
             for srv in self._servers:
                 srv.close()
+            if self.quorum is not None:
+                await self.quorum.stop()
         left = await service.drain(DRAIN_TIMEOUT)
         if left:
             log.warning("%d requests still running at exit", left)
@@ -170,7 +195,59 @@ class Daemon:
         _log_stats(service, final=True)
         return 0
 
-    async def _housekeeping(self, runner: BackendRunner, service: FenceService, up: bool) -> None:
+    def status(self) -> dict[str, Any]:
+        """Everything ``xvmd status`` shows, as plain data."""
+        service = self._service
+        snap = self._reloader.current if self._reloader is not None else self.snapshot
+        config = None
+        if snap is not None:
+            cl = snap.cluster
+            config = {
+                "file": cl.file,
+                "cluster": cl.name,
+                "config_version": cl.config_version,
+                "reloads": self._reloader.reloads if self._reloader else 0,
+                "devices": [
+                    {
+                        "name": sd.name,
+                        "key_file": cl.key_path(sd.device),
+                        "nodes": [
+                            {
+                                "node": t.node,
+                                "nodeid": t.nodeid,
+                                "names": list(t.names),
+                                "domain": t.domain,
+                            }
+                            for t in sd.nodes
+                        ],
+                    }
+                    for sd in snap.plan.devices
+                ],
+                "not_served": [
+                    {"device": n.device, "reason": n.reason} for n in snap.plan.not_served
+                ],
+            }
+        quorum = None
+        if self.quorum is not None:
+            quorum = dataclasses.asdict(self.quorum.current())
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "started": self.started,
+            "mode": "cluster" if self.quorum is not None else "local",
+            "listeners": self.where,
+            "backend": {"description": self.backend.description, "reachable": self.backend_up},
+            "quorum": quorum,
+            "config": config,
+            "counters": {
+                "answered": dict(service.stats.served) if service else {},
+                "dropped": dict(service.stats.dropped) if service else {},
+            },
+            "active_sessions": service.active_sessions if service else 0,
+            "recent": list(service.recent) if service else [],
+        }
+
+    async def _housekeeping(self, runner: BackendRunner, service: FenceService) -> None:
         loop = asyncio.get_running_loop()
         last_stats = loop.time()
         reported: Counter[str] = Counter()
@@ -179,14 +256,14 @@ class Daemon:
             # Re-open a lost hypervisor connection in the background, so the next request
             # finds it ready; requests never wait for a reconnect themselves.
             now_up = await runner.check_connection(loop.time() + RECONNECT_INTERVAL)
-            if now_up != up:
+            if now_up != self.backend_up:
                 log.log(
                     logging.INFO if now_up else logging.ERROR,
                     "%s is %s",
                     self.backend.description,
                     "reachable" if now_up else "unreachable",
                 )
-                up = now_up
+                self.backend_up = now_up
             if loop.time() - last_stats >= STATS_INTERVAL:
                 last_stats = loop.time()
                 if service.stats.dropped != reported:

@@ -10,6 +10,8 @@ Rules:
 
 from __future__ import annotations
 
+import enum
+import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -18,7 +20,25 @@ from ccs.validate import NodeTarget, ServedDevice
 
 from .backend import DomainInfo, is_uuid
 from .protocol.auth import Key
-from .protocol.wire import HostRecord
+from .protocol.wire import HostRecord, Op
+from .quorum import QuorumStatus
+
+
+class Gate(enum.Enum):
+    SERVE = "serve"
+    DROP = "drop"  # no callback, no answer: an inquorate host must not take part
+    FAIL = "fail"  # answer failure (monitor while inquorate: the device is unhealthy)
+
+
+def quorum_gate(op: Op, status: QuorumStatus | None) -> tuple[Gate, str]:
+    """What quorum allows for ``op``; ``status`` None means ``--local`` (no quorum checks)."""
+    if status is None or status.quorate:
+        return Gate.SERVE, ""
+    if op.is_power_action:
+        return Gate.DROP, f"this host is not quorate ({status.reason})"
+    if op is Op.DEVSTATUS:
+        return Gate.FAIL, f"not quorate: {status.reason}"
+    return Gate.SERVE, ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +95,7 @@ class Policy:
     everything: Scope | None = None  # all served devices, for unsigned requests
     cluster: str | None = None
     version: int | None = None
+    requesters: Mapping[str, str] | None = None  # address -> node; None: not checked
 
     @classmethod
     def unrestricted(cls, keys: Sequence[Key]) -> Policy:
@@ -93,6 +114,7 @@ class Policy:
             Scope.of(snap.plan.devices),
             snap.cluster.name,
             snap.version,
+            snap.plan.requesters,
         )
 
     @property
@@ -105,6 +127,22 @@ class Policy:
         if key is None:
             return self.everything
         return self.scopes.get(id(key), self.everything)
+
+    def requester(self, address: str | None) -> str | Refused | None:
+        """The cluster node sending from ``address``; Refused when it is none; None when
+        requesters are not checked (no cluster.conf, or names were not resolved)."""
+        if self.requesters is None:
+            return None
+        try:
+            canonical = str(ipaddress.ip_address(address or ""))
+        except ValueError:
+            canonical = address or "?"
+        node = self.requesters.get(canonical)
+        if node is None and canonical.startswith("::ffff:"):
+            node = self.requesters.get(canonical[7:])
+        if node is None:
+            return Refused(f"requester {address} is no node of cluster {self.cluster!r}")
+        return node
 
     def map(self, key: Key | None, target: str) -> Mapped | Refused:
         scope = self.scope_for(key)

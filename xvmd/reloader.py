@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 import ccs
+import ccs.source
 from ccs.load import Snapshot
 from ccs.reload import decide
 from ccs.watch import Watcher
@@ -44,6 +45,7 @@ class Reloader:
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
+
         def on_change(_path: str) -> None:  # watchdog's thread: only hand over
             loop.call_soon_threadsafe(self._wake.set)
 
@@ -68,7 +70,9 @@ class Reloader:
             await self._wake.wait()
             await asyncio.sleep(DEBOUNCE)
             self._wake.clear()
-            result = await loop.run_in_executor(None, ccs.load, self.path, self.devices)
+            result = await loop.run_in_executor(
+                None, ccs.load, self.path, self.devices, ccs.source.resolve
+            )
             if self._watcher is not None:
                 self._watcher.watch(self._watched(result.cluster))
             decision = decide(self.current, result)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 from .backend import BackendError
 from .executor import BackendRunner, Deadline
 from .net import tcp
-from .policy import Policy, Refused
+from .policy import Gate, Policy, Refused, quorum_gate
 from .protocol.auth import Key, Rejected, verify_request
 from .protocol.history import Admission, History
 from .protocol.session import STREAM_REQUEST_TIMEOUT, ServerSession
@@ -36,11 +37,13 @@ from .protocol.wire import (
     Result,
     parse_request,
 )
+from .quorum import QuorumStatus
 
 log = logging.getLogger("xvmd")
 reqlog = logging.getLogger("xvmd.request")
 
 WRITE_TIMEOUT = 10.0
+RECENT = 100  # requests kept for `xvmd status`
 BUSY_LOG_INTERVAL = 10.0
 
 
@@ -69,6 +72,7 @@ class FenceService:
         max_sessions: int = 64,
         now: Callable[[], float] | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        quorum: Callable[[], QuorumStatus] | None = None,
     ) -> None:
         self.auth = auth
         # Swapped whole on reload; each request keeps the policy it started with.
@@ -81,6 +85,9 @@ class FenceService:
         self._random = random_bytes
         self._tasks: set[asyncio.Task[None]] = set()
         self._busy_logged = float("-inf")
+        self._quorum = quorum  # None: --local, no quorum checks
+        self._gate_logged: dict[tuple[int, int, str], float] = {}
+        self.recent: deque[dict[str, object]] = deque(maxlen=RECENT)
 
     @property
     def active_sessions(self) -> int:
@@ -106,6 +113,12 @@ class FenceService:
             log.debug("dropped request from %s: it names no callback address", source[0])
             return
         now = self._now()
+        gate, why = quorum_gate(req.op, self._quorum() if self._quorum else None)
+        if gate is Gate.DROP:
+            # Not recorded: once quorum is back, the client's retransmit is served.
+            self.stats.drop("inquorate")
+            self._log_gate(req, why, now)
+            return
         admission = self.history.admit(req, now)
         if admission is Admission.DUPLICATE:
             self.stats.drop("duplicate")
@@ -140,6 +153,42 @@ class FenceService:
                 )
             return
         self._spawn(self._serve_datagram(req, key, policy))
+
+    def _log_gate(self, req: FenceRequest, why: str, now: float) -> None:
+        key = (int(req.op), req.seqno, req.domain.casefold())
+        if now - self._gate_logged.get(key, float("-inf")) < 10.0:
+            return  # one line per request, not one per retransmit
+        if len(self._gate_logged) > 1024:
+            self._gate_logged.clear()
+        self._gate_logged[key] = now
+        log.warning(
+            "%s %s from %s dropped without answer: %s", req.op.label, _target(req), req.address, why
+        )
+        self._remember(req.address or "?", req, None, "dropped", why, 0.0, "")
+
+    def _remember(
+        self,
+        who: str,
+        req: FenceRequest,
+        device: str | None,
+        result: str,
+        detail: str,
+        ms: float,
+        domain: str,
+    ) -> None:
+        self.recent.append(
+            {
+                "time": time.time(),
+                "requester": who,
+                "device": device,
+                "op": req.op.label,
+                "target": req.domain,
+                "domain": domain or None,
+                "result": result,
+                "detail": detail,
+                "ms": round(ms, 1),
+            }
+        )
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -202,6 +251,12 @@ class FenceService:
                 log.info("dropped TCP request from %s: %s", peer[0], exc)
                 writer.close()
                 return
+            gate, why = quorum_gate(req.op, self._quorum() if self._quorum else None)
+            if gate is Gate.DROP:
+                self.stats.drop("inquorate")
+                self._log_gate(req, why, self._now())
+                writer.close()
+                return
             await self._serve_session(
                 req, key, policy, (reader, writer), started, requester=peer[0]
             )
@@ -250,14 +305,28 @@ class FenceService:
             await tcp.flush_and_close(session, writer, WRITE_TIMEOUT)
             return
         deadline = self._now() + self.runner.budget_for(req.op)
-        result, detail, domain = await self._act(req, key, policy, session, deadline)
+        scope = policy.scope_for(key)
+        device = scope.device if scope is not None else None
+        gate, why = quorum_gate(req.op, self._quorum() if self._quorum else None)
+        if gate is Gate.DROP:
+            # Quorum was lost during the handshake: we may not act, and must not claim anything.
+            writer.close()
+            self.stats.drop("inquorate")
+            log.warning("%s %s from %s: no answer sent: %s", req.op.label, _target(req), who, why)
+            self._remember(who, req, device, "dropped", why, 0.0, "")
+            return
+        if gate is Gate.FAIL:
+            session.send_result(Result.FAIL)
+            result, detail, domain = Result.FAIL, why, ""
+        else:
+            result, detail, domain = await self._act(req, who, key, policy, session, deadline)
         await tcp.flush_and_close(session, writer, WRITE_TIMEOUT)
         self.stats.served[result.label] += 1
         elapsed = (self._now() - started) * 1000
         mapped = f" (domain {domain})" if domain else ""
-        scope = policy.scope_for(key)
-        if scope is not None:
-            who = f"{who} [{scope.device}]"
+        self._remember(who, req, device, result.label, detail, elapsed, domain)
+        if device is not None:
+            who = f"{who} [{device}]"
         failed = result is Result.FAIL and req.op is not Op.NULL  # null always 'fails'
         level = logging.WARNING if failed or result is Result.PERM else logging.INFO
         reqlog.log(
@@ -275,6 +344,7 @@ class FenceService:
     async def _act(
         self,
         req: FenceRequest,
+        who: str,
         key: Key | None,
         policy: Policy,
         session: ServerSession,
@@ -284,6 +354,10 @@ class FenceService:
 
         Returns the result, a detail for the log, and the mapped domain when it differs.
         """
+        requester = policy.requester(who)
+        if isinstance(requester, Refused):
+            session.send_result(Result.PERM)
+            return Result.PERM, requester.reason, ""
         if req.op is Op.HOSTLIST:
             try:
                 records = await self.runner.hostlist(deadline)

@@ -45,6 +45,7 @@ class Settings:
     no_ccs: bool = False
     config: str | None = None  # cluster.conf path; None with --no-ccs
     devices: tuple[str, ...] | None = None  # -D selections
+    control: str | None = "/run/xvmd/xvmd.sock"  # `xvmd status` reads this socket
     max_sessions: int = 64
     workers: int = 32
 

@@ -71,9 +71,11 @@ def start_xvmd(netns: Netns, key_file: Path, tmp_path: Path) -> Iterator[XvmdFac
         interface: str | None = "lo",
         no_ccs: bool = True,
         omit_port: bool = False,
+        local: bool = True,
     ) -> Xvmd:
         p = port if port is not None else next(_ports)
-        args = ["--local"]
+        args = ["--local"] if local else []
+        args += ["--control", str(tmp_path / f"ctl-{p}.sock")]
         if no_ccs:
             args += ["--no-ccs", "-k", str(key or key_file)]
         if not omit_port:

@@ -37,6 +37,11 @@ class Deployment:
             key.chmod(0o600)
             self.keys[host] = key
         text = (FIXTURES / "ccs" / "two-host.conf").read_text()
+        # The guests' requests come from 127.0.0.1 here: that is node1's address.
+        text = text.replace(
+            '<clusternode name="node1" nodeid="1">',
+            '<clusternode name="node1" nodeid="1"><altname name="127.0.0.1"/>',
+        )
         self.base = self.text = text.replace("../keys/", "")
         self.conf.write_text(self.text)
 
@@ -277,3 +282,18 @@ def test_deleted_and_recreated_file_is_followed(
     deployment.conf.write_text(deployment.bumped(8, NODE5))  # recreated in place
     wait_until(lambda: "config_version 7 -> 8" in daemon.log())
     assert xvm(netns, daemon, key, "-o", "status", "-H", "node5").rc == 0
+
+
+def test_requests_from_an_address_that_is_no_cluster_node_are_refused(
+    netns: Netns, start_xvmd: XvmdFactory, deployment: Deployment
+) -> None:
+    deployment.rewrite(
+        deployment.text.replace('<altname name="127.0.0.1"/>', '<altname name="127.0.0.9"/>')
+    )
+    d = start_xvmd_ccs(start_xvmd, deployment)
+    key = deployment.keys["host1"]
+    for op in ("status", "off", "list"):
+        res = xvm(netns, d, key, "-o", op, "-H", "node2")
+        assert res.rc == 3, (op, res.output)
+    assert d.wait_for_log("requester 127.0.0.1 is no node of cluster 'guests'")
+    assert "unresolved-node" in d.log()  # node2..4 have no address here: said at start

@@ -39,6 +39,8 @@ def daemon(
     args = [
         "--local",
         "--no-ccs",
+        "--control",
+        str(log.with_name("xvmd.sock")),
         "-k",
         str(key_file),
         "-I",

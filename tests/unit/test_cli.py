@@ -95,15 +95,6 @@ def test_bad_arguments_exit_2(
     assert no_serve == []
 
 
-def test_cluster_mode_is_a_usage_error_for_now(
-    capsys: pytest.CaptureFixture[str], no_serve: list[tuple[Settings, list[object]]]
-) -> None:
-    for argv in ([], ["--no-ccs"], ["-f", "x.conf"]):
-        err = usage_error(argv, capsys)
-        assert "run with --local" in err
-    assert no_serve == []
-
-
 def test_cluster_conf_options_need_ccs(
     capsys: pytest.CaptureFixture[str], no_serve: list[tuple[Settings, list[object]]]
 ) -> None:

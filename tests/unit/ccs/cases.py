@@ -9,7 +9,7 @@ test) and a fragment of its message.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,7 +141,22 @@ CASES: tuple[Case, ...] = (
     Case(Code.NODE_NOT_FENCED, "warn-node-not-fenced.conf", 'name="n3"', "'n3'"),
     Case(Code.UNUSED_DEVICE, "warn-unused-device.conf", 'name="xvm-host2"', "'xvm-host2'"),
     Case(Code.CLUSTER_NAME_LONG, "warn-cluster-name-long.conf", "<cluster ", "23 characters"),
+    Case(
+        Code.UNRESOLVED_NODE,
+        "warn-unresolved-node.conf",
+        'name="unresolvable-n2"',
+        "'unresolvable-n2'",
+    ),
 )
+
+
+def fake_resolver(names: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """Resolves every name to a documentation address except those starting "unresolvable";
+    the tests never ask the real resolver (that would send DNS queries off the machine)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for i, name in enumerate(dict.fromkeys(names)):
+        out[name] = () if name.startswith("unresolvable") else (f"198.51.100.{i % 250 + 1}",)
+    return out
 
 
 def case_path(case: Case, staged: Path, tmp_path: Path) -> Path:

@@ -23,3 +23,13 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("fixtures")
     stage_tree(root)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _no_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """check-config resolves node names; tests answer from a table instead of sending DNS
+    queries off the machine."""
+    import ccs.source
+    from tests.unit.ccs.cases import fake_resolver
+
+    monkeypatch.setattr(ccs.source, "resolve", fake_resolver)

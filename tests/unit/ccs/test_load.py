@@ -21,6 +21,7 @@ from tests.unit.ccs.cases import (
     VALID_FIXTURES,
     Case,
     case_path,
+    fake_resolver,
     line_of,
     stage_tree,
 )
@@ -31,7 +32,7 @@ from tests.unit.ccs.cases import (
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_fixture_yields_its_code(case: Case, staged: Path, tmp_path: Path) -> None:
     path = case_path(case, staged, tmp_path)
-    result = ccs.load(str(path), case.explicit)
+    result = ccs.load(str(path), case.explicit, fake_resolver)
 
     assert {i.code for i in result.issues} == {case.code} | case.also
     found = [i for i in result.issues if i.code is case.code]
