@@ -3,6 +3,7 @@ and the running daemon follows edits (or ignores broken ones) without a restart.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -297,3 +298,31 @@ def test_requests_from_an_address_that_is_no_cluster_node_are_refused(
         assert res.rc == 3, (op, res.output)
     assert d.wait_for_log("requester 127.0.0.1 is no node of cluster 'guests'")
     assert "unresolved-node" in d.log()  # node2..4 have no address here: said at start
+
+
+def test_status_shows_config_map_and_recent_requests(
+    netns: Netns, daemon: Xvmd, deployment: Deployment
+) -> None:
+    key = deployment.keys["host1"]
+    assert xvm(netns, daemon, key, "-o", "off", "-H", "node1").rc == 0
+    assert xvm(netns, daemon, key, "-o", "off", "-H", "vm-05").rc == 3
+    control = daemon.args[daemon.args.index("--control") + 1]
+    human = run_xvmd_once(netns, ["status", "--control", control])
+    assert human.rc == 0, human.output  # --local: this host may fence
+    out = human.stdout
+    assert "local mode" in out and "quorum: not checked (--local)" in out
+    assert "cluster 'guests', config_version 7" in out
+    assert "node1 -> vm-01" in out and "node3 -> vm-03" in out
+    assert re.search(r"127\.0\.0\.1 \[xvm-host1\] off node1 \(vm-01\) -> success", out), out
+    assert re.search(r"off vm-05 -> denied: 'vm-05' is no node or VM", out), out
+    as_json = run_xvmd_once(netns, ["status", "--control", control, "--json"])
+    doc = json.loads(as_json.stdout)
+    assert doc["mode"] == "local" and doc["quorum"] is None
+    assert doc["counters"]["answered"]["denied"] == 1
+    assert [r["result"] for r in doc["recent"]] == ["success", "denied"]
+
+
+def test_status_without_a_daemon_says_so(netns: Netns, tmp_path: Path) -> None:
+    res = run_xvmd_once(netns, ["status", "--control", str(tmp_path / "none.sock")])
+    assert res.rc == 2
+    assert "xvmd is not running" in res.stderr
