@@ -11,6 +11,7 @@ fi
 
 PACKAGES=(
     fence-virt fence-virtd            # the stock fence_xvm / fence_virt client and the reference daemon
+    corosync                          # the host cluster: quorum for cluster mode (libquorum etc.)
     libvirt-daemon-system libvirt-clients   # libvirtd (needs the users -system creates) and virsh
     libvirt-dev pkg-config            # to build libvirt-python
     iproute2 util-linux               # ip netns, unshare
