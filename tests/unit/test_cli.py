@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from xvmd import cli
-from xvmd.policy import Policy
 from xvmd.keys import KeyFileError, load_key
+from xvmd.policy import Policy
 from xvmd.protocol.wire import HashType
 from xvmd.settings import (
     DEFAULT_IPV4_GROUP,

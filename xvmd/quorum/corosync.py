@@ -30,6 +30,7 @@ import ipaddress
 import logging
 import socket
 import struct
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -306,7 +307,7 @@ def sockaddr_address(raw: bytes) -> str | None:
     """The IP of a ``sockaddr_in``/``sockaddr_in6`` (as in ``corosync_cfg_node_address_t``)."""
     if len(raw) < 2:
         return None
-    family = int.from_bytes(raw[:2], "little")  # sa_family_t, host order (x86-64/arm64)
+    family = int.from_bytes(raw[:2], sys.byteorder)  # sa_family_t is in host order
     if family == socket.AF_INET and len(raw) >= 8:
         return str(ipaddress.IPv4Address(raw[4:8]))
     if family == socket.AF_INET6 and len(raw) >= 24:
