@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "fixtures"
@@ -86,11 +87,17 @@ class ClientResult:
         return (self.stdout + self.stderr).strip()
 
 
+class Place(Protocol):
+    """Where a process runs: a Netns, or a corosync lab Node (netns + private mounts)."""
+
+    def cmd(self, *args: str) -> list[str]: ...
+
+
 @dataclass
 class Xvmd:
     """An xvmd process inside a namespace."""
 
-    netns: Netns
+    netns: Place
     args: list[str]
     log_path: Path
     port: int = 0
@@ -142,7 +149,7 @@ class Xvmd:
         return self.exit_code
 
 
-def run_xvmd_once(netns: Netns, args: Sequence[str], timeout: float = 15) -> ClientResult:
+def run_xvmd_once(netns: Place, args: Sequence[str], timeout: float = 15) -> ClientResult:
     """Run xvmd expecting it to exit by itself (start-up errors)."""
     t0 = time.monotonic()
     proc = subprocess.run(
@@ -156,7 +163,7 @@ def run_xvmd_once(netns: Netns, args: Sequence[str], timeout: float = 15) -> Cli
 
 
 def fence_xvm(
-    netns: Netns, *args: str, timeout: float = 40, program: str = FENCE_XVM
+    netns: Place, *args: str, timeout: float = 40, program: str = FENCE_XVM
 ) -> ClientResult:
     """Run the stock client inside the namespace, under a test-side timeout as well."""
     t0 = time.monotonic()
