@@ -24,7 +24,7 @@ from .backend import BackendError
 from .executor import BackendRunner, Deadline
 from .net import tcp
 from .policy import Gate, Policy, Refused, quorum_gate
-from .protocol.auth import Key, Rejected, verify_request
+from .protocol.auth import Key, Rejected, check_datagram, verify_request
 from .protocol.history import Admission, History
 from .protocol.session import STREAM_REQUEST_TIMEOUT, ServerSession
 from .protocol.wire import (
@@ -75,6 +75,7 @@ class FenceService:
         quorum: Callable[[], QuorumStatus] | None = None,
     ) -> None:
         self.auth = auth
+        self._min_hash = int(auth.hash)  # a plain int: compared once per datagram
         # Swapped whole on reload; each request keeps the policy it started with.
         self.policy = policy
         self.runner = runner
@@ -100,13 +101,17 @@ class FenceService:
             self.stats.drop("size")
             return
         policy = self.policy
+        key, reason = check_datagram(data, self._min_hash, policy.keys)
+        if reason is not None:
+            self.stats.dropped[reason] += 1
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("dropped datagram from %s: %s", source[0], reason)
+            return
         try:
             req = parse_request(data)
-            key = verify_request(req, self.auth.hash, policy.keys)
-        except (MalformedRequest, Rejected) as exc:
+        except MalformedRequest as exc:
             self.stats.drop(exc.reason)
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("dropped datagram from %s: %s", source[0], exc)
+            log.debug("dropped datagram from %s: %s", source[0], exc)
             return
         if req.callback is None:
             self.stats.drop("no-callback")

@@ -13,7 +13,7 @@ from xvmd.backend.fake import FakeBackend
 from xvmd.executor import BackendRunner
 from xvmd.operations import Clock
 from xvmd.policy import Policy
-from xvmd.protocol.auth import Key
+from xvmd.protocol.auth import Key, sign_request
 from xvmd.protocol.wire import HashType, Op
 from xvmd.service import Auth, FenceService
 
@@ -84,15 +84,19 @@ def test_reject_path_counts_each_reason_without_spawning_sessions() -> None:
         nocb = pyclient.build(Op.OFF, "vm", KEY, address=None, port=0)
         service.datagram_received(nocb, ("127.0.0.1", 1))
         bad_op = bytearray(pyclient.build(Op.OFF, "vm", KEY, port=9))
-        bad_op[0] = 9
-        service.datagram_received(bytes(bad_op), ("127.0.0.1", 1))
+        bad_op[0] = 9  # unknown op, validly signed: the signature is checked first
+        signed = sign_request(bytes(bad_op[:112]) + b"\0" * 64, HashType.SHA256, KEY)
+        service.datagram_received(signed, ("127.0.0.1", 1))
+        tampered = bytearray(pyclient.build(Op.OFF, "vm", KEY, port=9))
+        tampered[0] = 9  # changed after signing: a bad signature
+        service.datagram_received(bytes(tampered), ("127.0.0.1", 1))
         return service
 
     service = asyncio.run(scenario())
     assert service.active_sessions == 0
     assert dict(service.stats.dropped) == {
         "size": 2,
-        "bad-signature": 1,
+        "bad-signature": 2,
         "weak-hash": 2,
         "no-callback": 1,
         "op": 1,

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 _ALGORITHMS = {HashType.SHA1: "sha1", HashType.SHA256: "sha256", HashType.SHA512: "sha512"}
 _ZERO_HASH = b"\0" * HASH_SIZE
+_DIGEST_SIZE = {1: 20, 2: 32, 3: 64}
 
 
 class Rejected(ValueError):
@@ -43,7 +44,7 @@ class Key:
     reject path cheap under a flood of forged datagrams.
     """
 
-    __slots__ = ("_bases", "data")
+    __slots__ = ("_bases", "_by_code", "data")
 
     def __init__(self, data: bytes) -> None:
         self.data = bytes(data)
@@ -52,6 +53,10 @@ class Key:
             base = hashlib.new(name)
             base.update(self.data)
             self._bases[ht] = base
+        # The reject path looks contexts up by the raw wire byte; an empty key has none.
+        self._by_code: dict[int, _Hash] = (
+            {int(ht): ctx for ht, ctx in self._bases.items()} if self.data else {}
+        )
 
     def __repr__(self) -> str:  # never show key material
         return f"Key(<{len(self.data)} bytes>)"
@@ -79,6 +84,59 @@ def sign_request(unsigned: bytes, hashtype: HashType, key: Key) -> bytes:
     return body + key.digest(hashtype, body + _ZERO_HASH)
 
 
+_ACCEPTED_UNSIGNED: tuple[Key | None, str | None] = (None, None)
+
+
+def check_datagram(
+    data: bytes, minimum: int, keys: Sequence[Key]
+) -> tuple[Key | None, str | None]:
+    """The reject path for raw 176-byte datagrams: hash type, then one digest per key.
+
+    Works on the bytes as received (no parsing, no copies of the packet), because most of
+    what a flood brings is rejected here.
+
+    Returns:
+        ``(key, None)`` when accepted (key None for an unsigned request under minimum NONE),
+        or ``(None, reason)`` with a short reason tag when rejected.
+    """
+    hashtype = data[1]
+    if hashtype > 3:
+        return _REJECT_HASHTYPE
+    if hashtype < minimum:
+        return _REJECT_WEAK
+    if hashtype == 0:
+        return (keys[0], None) if keys else _ACCEPTED_UNSIGNED
+    # One copy of the signed part with the hash zeroed; the digest is compared in place.
+    message = data[:HASH_OFFSET] + _ZERO_HASH
+    size = _DIGEST_SIZE[hashtype]
+    got = data[HASH_OFFSET : HASH_OFFSET + size]
+    padding_ok = data[HASH_OFFSET + size :] == _ZERO_HASH[: HASH_SIZE - size]
+    tried = False
+    for key in keys:
+        ctx = key._by_code.get(hashtype)
+        if ctx is None:
+            continue
+        tried = True
+        ctx = ctx.copy()
+        ctx.update(message)
+        if hmac.compare_digest(ctx.digest(), got) and padding_ok:
+            return key, None
+    return _REJECT_SIGNATURE if tried else _REJECT_NO_KEY
+
+
+_REJECT_HASHTYPE: tuple[Key | None, str | None] = (None, "hashtype")
+_REJECT_WEAK: tuple[Key | None, str | None] = (None, "weak-hash")
+_REJECT_NO_KEY: tuple[Key | None, str | None] = (None, "no-key")
+_REJECT_SIGNATURE: tuple[Key | None, str | None] = (None, "bad-signature")
+
+_DETAILS = {
+    "hashtype": "unknown hash type",
+    "weak-hash": "hash is weaker than the configured minimum",
+    "no-key": "signed request but no key is loaded",
+    "bad-signature": "signature matches no configured key",
+}
+
+
 def verify_request(req: FenceRequest, minimum: HashType, keys: Sequence[Key]) -> Key | None:
     """Accept a request signed with ``minimum`` or a stronger hash under one of ``keys``.
 
@@ -89,18 +147,12 @@ def verify_request(req: FenceRequest, minimum: HashType, keys: Sequence[Key]) ->
     Raises:
         Rejected: weaker hash than configured, no key for a signed request, or a bad digest.
     """
-    if req.hashtype < minimum:
-        raise Rejected(
-            "weak-hash",
-            f"hash {req.hashtype.label} is weaker than the configured minimum {minimum.label}",
-        )
-    if req.hashtype is HashType.NONE:
-        return keys[0] if keys else None
-    usable = [k for k in keys if k.data]
-    if not usable:
-        raise Rejected("no-key", "signed request but no key is loaded")
-    message = req.raw[:HASH_OFFSET] + _ZERO_HASH
-    for key in usable:
-        if hmac.compare_digest(key.digest(req.hashtype, message), req.digest):
-            return key
-    raise Rejected("bad-signature", "signature matches no configured key")
+    key, reason = check_datagram(req.raw, minimum, keys)
+    if reason is not None:
+        if reason == "weak-hash":
+            raise Rejected(
+                reason,
+                f"hash {req.hashtype.label} is weaker than the configured minimum {minimum.label}",
+            )
+        raise Rejected(reason, _DETAILS[reason])
+    return key
