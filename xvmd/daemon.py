@@ -22,7 +22,7 @@ from . import __version__, control
 from .backend import Backend
 from .executor import BackendRunner
 from .net import tcp, udp
-from .net.iface import InterfaceError, interface_index
+from .net.iface import InterfaceError, LinkWatcher, interface_index
 from .operations import Clock
 from .policy import Policy
 from .quorum import QuorumSource
@@ -102,14 +102,39 @@ class Daemon:
         self._transports: list[asyncio.BaseTransport] = []
         self._servers: list[asyncio.Server] = []
         self._service: FenceService | None = None
+        self._sockets: list[tuple[Listener, socket.socket]] = []
+        self._links: LinkWatcher | None = None
         self._reloader: Reloader | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
 
+    def _on_link(self, name: str, index: int, exists: bool, up: bool) -> None:
+        """A network interface appeared, changed or vanished (from the netlink watcher)."""
+        wanted = self.settings.interface
+        if wanted is not None and name != wanted:
+            return
+        if not exists or not up:
+            if wanted is not None:
+                log.warning(
+                    "interface %s %s: no multicast requests arrive until it is back",
+                    name,
+                    "removed" if not exists else "down",
+                )
+            return
+        for lst, sock in self._sockets:
+            try:
+                added = udp.join(sock, lst.group, index if wanted else 0)
+            except OSError as exc:
+                log.warning("cannot rejoin %s on %s: %s", lst.group, name, exc.strerror or exc)
+                continue
+            if added:
+                log.info("rejoined multicast group %s on %s (index %d)", lst.group, name, index)
+
     async def _listen(
         self, sockets: list[tuple[Listener, socket.socket]], service: FenceService
     ) -> None:
+        self._sockets = sockets
         for lst, sock in sockets:
             self._transports.append(await udp.listen(sock, service.datagram_received))
             self.where.append(f"{lst.group} port {lst.port}")
@@ -154,6 +179,14 @@ class Daemon:
             if self.quorum is not None:
                 await self.quorum.start()
             await self._listen(sockets, service)
+
+            # Re-created interfaces (a libvirt network restarted, a bridge rebuilt) lose their
+            # group memberships: follow link events and join again.
+            def link_event(name: str, index: int, exists: bool, up: bool) -> None:
+                loop.call_soon_threadsafe(self._on_link, name, index, exists, up)
+
+            self._links = LinkWatcher(link_event)
+            self._links.start()
             log.info(
                 "xvmd ready: %s on %s; hash >= %s, auth %s; backend %s; %s",
                 ", ".join(self.where),
@@ -179,6 +212,8 @@ class Daemon:
             housekeeping.cancel()
             log.info("stopping: no new requests; waiting for %d in flight", service.active_sessions)
         finally:
+            if self._links is not None:
+                self._links.stop()
             if self._reloader is not None:
                 await self._reloader.stop()
             for tr in self._transports:

@@ -275,3 +275,36 @@ def test_tcp_listener_on_explicit_address_and_port(
         program=FENCE_VIRT,
     )
     assert res.rc == 0, res.output + d.log()
+
+
+def _veth(ns: Netns, address: str) -> None:
+    ns.ip("link", "add", "xv0", "type", "veth", "peer", "name", "xv1")
+    ns.ip("addr", "add", address, "dev", "xv0")
+    ns.ip("link", "set", "xv0", "up")
+    ns.ip("link", "set", "xv1", "up")
+
+
+def test_group_is_rejoined_when_the_interface_is_recreated(
+    start_xvmd: XvmdFactory, key_file: Path
+) -> None:
+    ns = Netns()
+    try:
+        _veth(ns, "10.99.0.1/24")  # inside the test namespace only
+        d = start_xvmd("-i", "ipv4", ns=ns, interface="xv0")
+        common = ["-p", str(d.port), "-k", str(key_file), "-t", "5"]
+        assert fence_xvm(ns, *common, "-o", "status", "-H", "vm-01").rc == 0
+        # down and up: the same interface comes back
+        ns.ip("link", "set", "xv0", "down")
+        assert d.wait_for_log("interface xv0 down")
+        ns.ip("link", "set", "xv0", "up")
+        assert fence_xvm(ns, *common, "-o", "status", "-H", "vm-01").rc == 0
+        # deleted and re-created (a libvirt network restart does this): a new ifindex
+        ns.ip("link", "del", "xv0")
+        assert d.wait_for_log("interface xv0 removed")
+        _veth(ns, "10.99.0.1/24")
+        assert d.wait_for_log("rejoined multicast group 225.0.0.12 on xv0")
+        res = fence_xvm(ns, *common, "-o", "status", "-H", "vm-01")
+        assert res.rc == 0, res.output + d.log()
+        assert d.proc is not None and d.proc.poll() is None
+    finally:
+        ns.close()

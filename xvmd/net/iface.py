@@ -1,8 +1,20 @@
-"""Network interfaces, resolved over netlink with pyroute2."""
+"""Network interfaces over netlink (pyroute2): name -> index, and link change events.
+
+The only module that imports pyroute2.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable
+
 from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl import RTMGRP_LINK
+
+log = logging.getLogger("xvmd.net")
+
+IFF_UP = 0x1
 
 
 class InterfaceError(Exception):
@@ -20,3 +32,54 @@ def interface_index(name: str) -> int:
     if not found:
         raise InterfaceError(f"network interface {name!r} does not exist")
     return int(found[0])
+
+
+LinkEvent = Callable[[str, int, bool, bool], None]
+"""(name, index, exists, up) for every link that appears, changes or goes away."""
+
+
+class LinkWatcher:
+    """Follows RTM_NEWLINK / RTM_DELLINK on a netlink socket in a thread of its own.
+
+    The callback runs on that thread: it must only hand the event over to the event loop.
+    The netlink socket is made in the thread too: pyroute2's synchronous API runs an asyncio
+    loop of its own, which cannot nest inside the daemon's.
+    """
+
+    def __init__(self, on_event: LinkEvent) -> None:
+        self._on_event = on_event
+        self._stopping = False
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="link-watch", daemon=True)
+
+    def start(self, timeout: float = 5.0) -> None:
+        self._thread.start()
+        self._ready.wait(timeout)
+
+    def _run(self) -> None:
+        try:
+            ipr = IPRoute()
+            ipr.bind(groups=RTMGRP_LINK)
+        except Exception as exc:  # pyroute2 raises plain OSError/NetlinkError subclasses
+            log.error("cannot follow network interfaces (netlink): %s", exc)
+            self._ready.set()
+            return
+        self._ready.set()
+        with ipr:
+            while not self._stopping:
+                try:
+                    messages = ipr.get()
+                except Exception as exc:  # netlink failed; the daemon keeps serving
+                    log.error("stopped following network interfaces: %s", exc)
+                    return
+                for msg in messages:
+                    event = msg.get("event")
+                    if self._stopping or event not in ("RTM_NEWLINK", "RTM_DELLINK"):
+                        continue
+                    name = msg.get_attr("IFLA_IFNAME") or "?"
+                    up = bool(msg.get("flags", 0) & IFF_UP)
+                    self._on_event(name, int(msg.get("index", 0)), event == "RTM_NEWLINK", up)
+
+    def stop(self) -> None:
+        """No more events are delivered; the thread (a daemon thread) ends with the process."""
+        self._stopping = True

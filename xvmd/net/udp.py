@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import socket
 import struct
@@ -33,8 +34,7 @@ def open_multicast_socket(group: str, port: int, ifindex: int) -> socket.socket:
             # Receive only the groups this socket joined, not every group any socket joined.
             sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
             sock.bind(("0.0.0.0", port))
-            mreqn = struct.pack("4s4si", ip.packed, b"\0" * 4, ifindex)
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+            join(sock, group, ifindex)
         except OSError:
             sock.close()
             raise
@@ -45,8 +45,7 @@ def open_multicast_socket(group: str, port: int, ifindex: int) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MULTICAST_ALL, 0)
             sock.bind(("::", port))
-            mreq = struct.pack("16sI", ip.packed, ifindex)
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
+            join(sock, group, ifindex)
         except OSError:
             sock.close()
             raise
@@ -70,3 +69,27 @@ async def listen(sock: socket.socket, handler: DatagramHandler) -> asyncio.Datag
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(handler), sock=sock)
     return transport
+
+
+def join(sock: socket.socket, group: str, ifindex: int) -> bool:
+    """Join ``group`` on ``ifindex`` (0: the interface the routing table picks); also used to
+    join again after the interface was re-created or came back.
+
+    Returns True when a new membership was added, False when it was there already.
+
+    Raises:
+        OSError: the join failed for another reason.
+    """
+    ip = ipaddress.ip_address(group)
+    try:
+        if ip.version == 4:
+            mreqn = struct.pack("4s4si", ip.packed, b"\0" * 4, ifindex)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+        else:
+            mreq = struct.pack("16sI", ip.packed, ifindex)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return False
+        raise
+    return True

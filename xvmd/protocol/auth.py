@@ -87,9 +87,7 @@ def sign_request(unsigned: bytes, hashtype: HashType, key: Key) -> bytes:
 _ACCEPTED_UNSIGNED: tuple[Key | None, str | None] = (None, None)
 
 
-def check_datagram(
-    data: bytes, minimum: int, keys: Sequence[Key]
-) -> tuple[Key | None, str | None]:
+def check_datagram(data: bytes, minimum: int, keys: Sequence[Key]) -> tuple[Key | None, str | None]:
     """The reject path for raw 176-byte datagrams: hash type, then one digest per key.
 
     Works on the bytes as received (no parsing, no copies of the packet), because most of
