@@ -19,6 +19,7 @@ from ccs.load import Snapshot
 
 from . import __version__
 from . import log as xlog
+from .audit import DEFAULT_AUDIT
 from .control import DEFAULT_CONTROL
 from .keys import KeyFileError, load_key
 from .policy import Policy
@@ -129,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CONTROL,
         help=f"control socket read by 'xvmd status' (default {DEFAULT_CONTROL}; 'none': off)",
     )
+    p.add_argument(
+        "--audit",
+        metavar="PATH",
+        default=DEFAULT_AUDIT,
+        help=f"append-only audit trail, one JSON line per request (default {DEFAULT_AUDIT}; "
+        "'none': off)",
+    )
     p.add_argument("-d", dest="debug", action="count", default=0, help="debug logging")
     p.add_argument(
         "--tcp",
@@ -185,6 +193,7 @@ def settings_from_args(
         debug = int(ccs_debug)
     settings = Settings(
         control=None if args.control == "none" else os.path.abspath(args.control),
+        audit=None if args.audit == "none" else os.path.abspath(args.audit),
         debug=debug,
         local=args.local,
         no_ccs=args.no_ccs,
@@ -290,7 +299,7 @@ def _serve(settings: Settings, policy: Policy, snapshot: Snapshot | None) -> int
         return _fail(str(exc))
 
 
-SUBCOMMANDS = ("check-config", "status")
+SUBCOMMANDS = ("check-config", "status", "audit")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -303,4 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import statuscmd
 
         return statuscmd.main(args[1:])
+    if args and args[0] == "audit":
+        from . import auditcmd
+
+        return auditcmd.main(args[1:])
     return run(args)

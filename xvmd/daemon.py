@@ -18,7 +18,8 @@ from typing import Any
 
 from ccs.load import Snapshot
 
-from . import __version__, control
+from . import __version__, control, systemd
+from .audit import AuditError, AuditLog
 from .backend import Backend
 from .executor import BackendRunner
 from .net import tcp, udp
@@ -107,6 +108,8 @@ class Daemon:
         self._reloader: Reloader | None = None
 
     def request_stop(self) -> None:
+        if not self._stop.is_set():
+            systemd.stopping()
         self._stop.set()
 
     def _on_link(self, name: str, index: int, exists: bool, up: bool) -> None:
@@ -155,6 +158,12 @@ class Daemon:
         loop = asyncio.get_running_loop()
         clock = Clock(now=time.monotonic, sleep=time.sleep)
         runner = BackendRunner(self.backend, clock, workers=self.settings.workers)
+        audit = None
+        if self.settings.audit:
+            try:
+                audit = AuditLog(self.settings.audit)
+            except AuditError as exc:
+                raise StartupError(str(exc)) from None
         service = self._service = FenceService(
             Auth(self.settings.hash, self.settings.auth),
             self.policy,
@@ -162,6 +171,7 @@ class Daemon:
             max_sessions=self.settings.max_sessions,
             now=loop.time,
             quorum=self.quorum.current if self.quorum is not None else None,
+            audit=audit,
         )
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
@@ -200,6 +210,9 @@ class Daemon:
                 _log_plan(self.snapshot)
             if not self.settings.needs_key:
                 log.warning("authentication is OFF (--hash none --auth none): anyone can fence")
+            if audit is not None:
+                log.info("audit trail: %s", audit.path)
+            systemd.ready(f"serving: {', '.join(self.where)}")
             self.backend_up = await runner.check_connection(loop.time() + 10)
             if not self.backend_up:
                 log.error(
@@ -208,8 +221,10 @@ class Daemon:
                     RECONNECT_INTERVAL,
                 )
             housekeeping = asyncio.create_task(self._housekeeping(runner, service))
+            pings = asyncio.create_task(_watchdog(systemd.watchdog_interval()))
             await self._stop.wait()
             housekeeping.cancel()
+            pings.cancel()
             log.info("stopping: no new requests; waiting for %d in flight", service.active_sessions)
         finally:
             if self._links is not None:
@@ -227,6 +242,8 @@ class Daemon:
             log.warning("%d requests still running at exit", left)
         runner.shutdown()
         self.backend.close()
+        if audit is not None:
+            audit.close()
         _log_stats(service, final=True)
         return 0
 
@@ -304,6 +321,16 @@ class Daemon:
                 if service.stats.dropped != reported:
                     _log_stats(service)
                     reported = Counter(service.stats.dropped)
+
+
+async def _watchdog(interval: float | None) -> None:
+    """WATCHDOG=1 from the event loop itself: a wedged loop stops the pings and systemd
+    restarts the daemon."""
+    if interval is None:
+        return
+    while True:
+        systemd.watchdog()
+        await asyncio.sleep(interval)
 
 
 def _log_stats(service: FenceService, final: bool = False) -> None:

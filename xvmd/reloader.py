@@ -16,6 +16,8 @@ from ccs.load import Snapshot
 from ccs.reload import decide
 from ccs.watch import Watcher
 
+from . import systemd
+
 log = logging.getLogger("xvmd.config")
 
 DEBOUNCE = 0.1
@@ -70,12 +72,14 @@ class Reloader:
             await self._wake.wait()
             await asyncio.sleep(DEBOUNCE)
             self._wake.clear()
+            systemd.reloading()
             result = await loop.run_in_executor(
                 None, ccs.load, self.path, self.devices, ccs.source.resolve
             )
             if self._watcher is not None:
                 self._watcher.watch(self._watched(result.cluster))
             decision = decide(self.current, result)
+            systemd.ready(f"config_version {(decision.snapshot or self.current).version}")
             if decision.snapshot is None:
                 level = logging.ERROR if decision.problems else logging.INFO
                 if "ignored" in decision.summary:

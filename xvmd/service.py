@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from .audit import AuditLog, now_fields
 from .backend import BackendError
 from .executor import BackendRunner, Deadline
 from .net import tcp
@@ -73,6 +73,7 @@ class FenceService:
         now: Callable[[], float] | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
         quorum: Callable[[], QuorumStatus] | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.auth = auth
         self._min_hash = int(auth.hash)  # a plain int: compared once per datagram
@@ -88,7 +89,9 @@ class FenceService:
         self._busy_logged = float("-inf")
         self._quorum = quorum  # None: --local, no quorum checks
         self._gate_logged: dict[tuple[int, int, str], float] = {}
-        self.recent: deque[dict[str, object]] = deque(maxlen=RECENT)
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self.audit = audit
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def active_sessions(self) -> int:
@@ -169,7 +172,7 @@ class FenceService:
         log.warning(
             "%s %s from %s dropped without answer: %s", req.op.label, _target(req), req.address, why
         )
-        self._remember(req.address or "?", req, None, "dropped", why, 0.0, "")
+        self._audit_later(self._remember(req.address or "?", req, None, "dropped", why, 0.0, ""))
 
     def _remember(
         self,
@@ -180,20 +183,33 @@ class FenceService:
         detail: str,
         ms: float,
         domain: str,
-    ) -> None:
-        self.recent.append(
-            {
-                "time": time.time(),
-                "requester": who,
-                "device": device,
-                "op": req.op.label,
-                "target": req.domain,
-                "domain": domain or None,
-                "result": result,
-                "detail": detail,
-                "ms": round(ms, 1),
-            }
-        )
+    ) -> dict[str, Any]:
+        """Keep the request for ``xvmd status``; the same record goes to the audit trail."""
+        quorum = self._quorum() if self._quorum else None
+        entry: dict[str, Any] = {
+            **now_fields(),
+            "requester": who,
+            "device": device,
+            "op": req.op.label,
+            "target": req.domain,
+            "domain": domain or None,
+            "seqno": req.seqno,
+            "quorum": "not checked"
+            if quorum is None
+            else ("quorate" if quorum.quorate else f"not quorate: {quorum.reason}"),
+            "result": result,
+            "detail": detail,
+            "ms": round(ms, 1),
+        }
+        self.recent.append(entry)
+        return entry
+
+    def _audit_later(self, entry: dict[str, Any]) -> None:
+        """Refusals seen outside a session: written in the background, not fsynced."""
+        if self.audit is not None:
+            task = asyncio.create_task(self.audit.record(entry, durable=False))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -308,6 +324,9 @@ class FenceService:
                 session.failure,
             )
             await tcp.flush_and_close(session, writer, WRITE_TIMEOUT)
+            self._audit_later(
+                self._remember(who, req, None, "auth-failed", session.failure or "", 0.0, "")
+            )
             return
         deadline = self._now() + self.runner.budget_for(req.op)
         scope = policy.scope_for(key)
@@ -318,18 +337,21 @@ class FenceService:
             writer.close()
             self.stats.drop("inquorate")
             log.warning("%s %s from %s: no answer sent: %s", req.op.label, _target(req), who, why)
-            self._remember(who, req, device, "dropped", why, 0.0, "")
+            self._audit_later(self._remember(who, req, device, "dropped", why, 0.0, ""))
             return
         if gate is Gate.FAIL:
             session.send_result(Result.FAIL)
             result, detail, domain = Result.FAIL, why, ""
         else:
             result, detail, domain = await self._act(req, who, key, policy, session, deadline)
+        elapsed = (self._now() - started) * 1000
+        entry = self._remember(who, req, device, result.label, detail, elapsed, domain)
+        if self.audit is not None:
+            # Before the result byte leaves: whoever heard "done" can find the record.
+            await self.audit.record(entry, durable=req.op.is_power_action)
         await tcp.flush_and_close(session, writer, WRITE_TIMEOUT)
         self.stats.served[result.label] += 1
-        elapsed = (self._now() - started) * 1000
         mapped = f" (domain {domain})" if domain else ""
-        self._remember(who, req, device, result.label, detail, elapsed, domain)
         if device is not None:
             who = f"{who} [{device}]"
         failed = result is Result.FAIL and req.op is not Op.NULL  # null always 'fails'

@@ -46,6 +46,7 @@ class Settings:
     config: str | None = None  # cluster.conf path; None with --no-ccs
     devices: tuple[str, ...] | None = None  # -D selections
     control: str | None = "/run/xvmd/xvmd.sock"  # `xvmd status` reads this socket
+    audit: str | None = "/var/lib/xvmd/audit.jsonl"  # None: no audit trail
     max_sessions: int = 64
     workers: int = 32
 

@@ -105,7 +105,7 @@ def render(doc: dict[str, Any], out: TextIO) -> None:
         via = f" [{r['device']}]" if r.get("device") else ""
         dom = f" ({r['domain']})" if r.get("domain") else ""
         print(
-            f"  {_clock(r.get('time'))} {r.get('requester')}{via} {r.get('op')} "
+            f"  {_clock(r.get('epoch'))} {r.get('requester')}{via} {r.get('op')} "
             f"{r.get('target') or '-'}{dom} -> {r.get('result')}: {r.get('detail')}",
             file=out,
         )

@@ -28,9 +28,12 @@ Query it from another shell (as root):
   ip netns exec $NS fence_xvm -k $KEY -o status -H vm-01
   ip netns exec $NS fence_xvm -k $KEY -o off -H vm-01
   ip netns exec $NS fence_xvm -k $KEY -o on -H vm-01
+  .venv/bin/xvmd status --control $LAB/xvmd.sock
+  .venv/bin/xvmd audit --file $LAB/audit.jsonl
 
 Stop with Ctrl-C. The demo state lives in the daemon and resets when it stops.
 
 INFO
 ip netns exec "$NS" .venv/bin/xvmd --local --no-ccs -k "$KEY" -I lo \
+    --control "$LAB/xvmd.sock" --audit "$LAB/audit.jsonl" \
     -U "test://$PWD/fixtures/domains.xml" "$@"

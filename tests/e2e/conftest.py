@@ -72,10 +72,12 @@ def start_xvmd(netns: Netns, key_file: Path, tmp_path: Path) -> Iterator[XvmdFac
         no_ccs: bool = True,
         omit_port: bool = False,
         local: bool = True,
+        env: dict[str, str] | None = None,
     ) -> Xvmd:
         p = port if port is not None else next(_ports)
         args = ["--local"] if local else []
         args += ["--control", str(tmp_path / f"ctl-{p}.sock")]
+        args += ["--audit", str(tmp_path / f"audit-{p}.jsonl")]
         if no_ccs:
             args += ["--no-ccs", "-k", str(key or key_file)]
         if not omit_port:
@@ -83,7 +85,7 @@ def start_xvmd(netns: Netns, key_file: Path, tmp_path: Path) -> Iterator[XvmdFac
         if interface:
             args += ["-I", interface]
         args += ["-U", uri or f"test://{DOMAINS_XML}", *extra]
-        d = Xvmd(ns or netns, args, tmp_path / f"xvmd-{p}.log", port=p)
+        d = Xvmd(ns or netns, args, tmp_path / f"xvmd-{p}.log", port=p, env=env)
         started.append(d)
         return d.start()
 

@@ -88,6 +88,8 @@ def start_xvmd(node: Node, conf: Path, device: str, *extra: str) -> Xvmd:
         str(PORT),
         "--control",
         str(node.scratch / "xvmd.sock"),
+        "--audit",
+        str(node.scratch / "audit.jsonl"),
         "-U",
         f"test://{DOMAINS_XML}",
         *extra,

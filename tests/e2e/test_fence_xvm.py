@@ -41,6 +41,8 @@ def daemon(
         "--no-ccs",
         "--control",
         str(log.with_name("xvmd.sock")),
+        "--audit",
+        str(log.with_name("audit.jsonl")),
         "-k",
         str(key_file),
         "-I",

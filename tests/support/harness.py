@@ -101,6 +101,7 @@ class Xvmd:
     args: list[str]
     log_path: Path
     port: int = 0
+    env: dict[str, str] | None = None  # added to the environment (NOTIFY_SOCKET, ...)
     proc: subprocess.Popen[bytes] | None = None
     exit_code: int | None = field(default=None)
 
@@ -111,6 +112,7 @@ class Xvmd:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
+                env={**os.environ, **(self.env or {})},
             )
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
