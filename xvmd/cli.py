@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         "powers libvirt domains off, on or through a reboot.",
         epilog="Option names follow fence_xvmd. Options given here override <fence_xvmd> in "
         "cluster.conf. Logs go to stderr, one line per request. "
-        "Subcommands: 'xvmd check-config [-f PATH] [--json]', 'xvmd status [--json]'.",
+        "Subcommands: 'xvmd check-config [-f PATH] [--json]', 'xvmd status [--json]', "
+        "'xvmd audit [--since WHEN]', 'xvmd import-fence-virt-conf [PATH]'.",
     )
     p.add_argument(
         "--local",
@@ -299,7 +300,7 @@ def _serve(settings: Settings, policy: Policy, snapshot: Snapshot | None) -> int
         return _fail(str(exc))
 
 
-SUBCOMMANDS = ("check-config", "status", "audit")
+SUBCOMMANDS = ("check-config", "status", "audit", "import-fence-virt-conf")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -316,4 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import auditcmd
 
         return auditcmd.main(args[1:])
+    if args and args[0] == "import-fence-virt-conf":
+        from . import importcmd
+
+        return importcmd.main(args[1:])
     return run(args)
