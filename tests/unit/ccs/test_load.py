@@ -345,3 +345,22 @@ def test_thousand_node_cluster_reports_a_late_duplicate(tmp_path: Path) -> None:
     assert len(dup) == 1
     assert dup[0].line == line_of(conf, 'name="node0999"')
     assert "'node0003' and 'node0999'" in dup[0].message
+
+
+def test_contrib_example_cluster_conf_is_valid_once_its_keys_exist(tmp_path: Path) -> None:
+    example = (CCS_DIR.parents[1] / "contrib" / "examples" / "cluster.conf").read_text()
+    for host in ("host1", "host2"):
+        key = tmp_path / f"{host}.key"
+        key.write_bytes(os.urandom(4096))
+        key.chmod(0o600)
+        example = example.replace(f"/etc/cluster/{host}.key", str(key))
+    conf = tmp_path / "cluster.conf"
+    conf.write_text(example)
+    result = ccs.load(str(conf), None, fake_resolver)
+    assert result.issues == ()
+    assert result.snapshot is not None
+    served = {d.name: [(t.node, t.domain) for t in d.nodes] for d in result.snapshot.plan.devices}
+    assert served == {
+        "xvm-host1": [("node1", "vm-01"), ("node2", "vm-02")],
+        "xvm-host2": [("node3", "vm-03"), ("node4", "vm-04")],
+    }
