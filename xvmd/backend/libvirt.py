@@ -2,8 +2,9 @@
 
 Rules:
 1. The only module that imports ``libvirt``; every ``libvirtError`` leaves as a ``BackendError``.
-2. One connection for the daemon's life, not one per call: a ``test:///`` driver keeps its
-   domains' state inside the connection, and reconnecting per request is slow.
+2. Long-lived connections, not one per call (reconnecting per request is slow): a small
+   pool, so concurrent calls never queue behind each other on one connection, except for
+   the in-process ``test:///`` driver, which keeps its domains' state in its one connection.
 3. A call that fails because the connection died drops it; the next call (or the daemon's
    background check) opens a new one. Calls never wait for libvirtd to come back.
 """
@@ -50,76 +51,131 @@ def _message(err: libvirt.libvirtError) -> str:
     return str(err.get_error_message() or err).strip()
 
 
+def shares_state_in_process(uri: str) -> bool:
+    """``test:///...`` keeps its domains inside the connection: only one may exist."""
+    scheme = uri.split(":", 1)[0]
+    return scheme == "test"
+
+
 class LibvirtBackend:
-    def __init__(self, uri: str, opener: Callable[[str], Any] | None = None) -> None:
+    """Connections to one hypervisor URI.
+
+    A call borrows an idle connection from a small pool (opening one only when none is idle)
+    and returns it afterwards: on one shared connection libvirt answered a status lookup for
+    domain B only after a concurrent destroy/create of domain A (100-500 ms, seen with QEMU
+    under a private libvirtd), which is head-of-line blocking again. ``check_connection``
+    keeps ``spare`` connections open, so a request rarely pays for opening one. The in-process
+    test driver is the exception: its state lives in its one connection, used by all calls.
+    """
+
+    def __init__(
+        self, uri: str, opener: Callable[[str], Any] | None = None, spare: int = 2
+    ) -> None:
         self.uri = uri
         self.description = f"libvirt {uri}"
         self._open = opener or libvirt.open
+        self._shared = shares_state_in_process(uri)
+        self._spare = 1 if self._shared else spare
         self._lock = threading.Lock()
-        self._conn: Any = None
+        self._idle: list[Any] = []
+        self._all: list[Any] = []
         self.last_error: str | None = None
 
     # -- connection management --------------------------------------------------------------
 
-    def _connection(self) -> Any:
-        conn = self._conn
-        if conn is not None:
-            return conn
-        if not self._lock.acquire(timeout=_CONNECT_LOCK_TIMEOUT):
-            raise BackendUnavailable(f"still connecting to {self.uri}")
+    def _new_connection(self) -> Any:
         try:
-            if self._conn is None:
-                try:
-                    self._conn = self._open(self.uri)
-                except libvirt.libvirtError as exc:
-                    self.last_error = _message(exc)
-                    raise BackendUnavailable(
-                        f"cannot connect to {self.uri}: {self.last_error}"
-                    ) from exc
-                if self.last_error is not None:
-                    log.warning("libvirt connection to %s re-established", self.uri)
-                self.last_error = None
-            return self._conn
-        finally:
-            self._lock.release()
+            conn = self._open(self.uri)
+        except libvirt.libvirtError as exc:
+            with self._lock:
+                self.last_error = _message(exc)
+            raise BackendUnavailable(f"cannot connect to {self.uri}: {_message(exc)}") from exc
+        with self._lock:
+            self._all.append(conn)
+            if self.last_error is not None:
+                log.warning("libvirt connection to %s re-established", self.uri)
+            self.last_error = None
+        return conn
+
+    def _borrow(self) -> Any:
+        with self._lock:
+            if self._shared and self._all:
+                return self._all[0]
+            if self._idle:
+                return self._idle.pop()
+        if self._shared:
+            # Only one connection may ever exist: open it under the lock's protection.
+            if not self._lock.acquire(timeout=_CONNECT_LOCK_TIMEOUT):
+                raise BackendUnavailable(f"still connecting to {self.uri}")
+            try:
+                if self._all:
+                    return self._all[0]
+            finally:
+                self._lock.release()
+        return self._new_connection()
+
+    def _give_back(self, conn: Any) -> None:
+        with self._lock:
+            if not self._shared and conn in self._all:
+                self._idle.append(conn)
 
     def _drop(self, conn: Any, why: str) -> None:
+        # A dead libvirtd kills every connection: drop them all, not just this one.
         with self._lock:
-            if self._conn is conn:
-                self._conn = None
-                if self.last_error is None:
-                    log.warning("libvirt connection to %s lost: %s; reconnecting", self.uri, why)
-                self.last_error = why
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.close()
+            if conn not in self._all:
+                return
+            dead = list(self._all)
+            self._all.clear()
+            self._idle.clear()
+            if self.last_error is None:
+                log.warning("libvirt connection to %s lost: %s; reconnecting", self.uri, why)
+            self.last_error = why
+        for c in dead:
+            with contextlib.suppress(libvirt.libvirtError):
+                c.close()
 
     def _call(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn(conn)``; retry once on a fresh connection if the old one turned out dead."""
         for attempt in (1, 2):
-            conn = self._connection()
+            conn = self._borrow()
             try:
-                return fn(conn)
+                result = fn(conn)
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    self._give_back(conn)
                     raise DomainNotFound(_message(exc)) from exc
                 if not _is_connection_error(exc):
+                    self._give_back(conn)
                     raise BackendError(_message(exc)) from exc
                 self._drop(conn, _message(exc))
                 if attempt == 2:
                     raise BackendUnavailable(f"{self.uri}: {_message(exc)}") from exc
+                continue
+            except BaseException:
+                self._give_back(conn)
+                raise
+            self._give_back(conn)
+            return result
         raise AssertionError("unreachable")
 
     def check_connection(self) -> bool:
+        """Ping (reconnecting if needed) and keep the spare connections open."""
         try:
             self.ping()
+            with self._lock:
+                missing = self._spare - len(self._idle) if not self._shared else 0
+            for _ in range(max(missing, 0)):
+                self._give_back(self._new_connection())
         except BackendError:
             return False
         return True
 
     def close(self) -> None:
         with self._lock:
-            conn, self._conn = self._conn, None
-        if conn is not None:
+            conns = list(self._all)
+            self._all.clear()
+            self._idle.clear()
+        for conn in conns:
             with contextlib.suppress(libvirt.libvirtError):
                 conn.close()
 
