@@ -14,7 +14,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 
-from watchdog.events import FileOpenedEvent, FileSystemEvent, FileSystemEventHandler
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
@@ -29,7 +29,9 @@ class _Handler(FileSystemEventHandler):
         self._owner = owner
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if isinstance(event, FileOpenedEvent) or event.event_type == "closed_no_write":
+        # Opening or reading a file changes nothing (by event type: Debian 12's watchdog 2.2
+        # has no FileOpenedEvent class).
+        if event.event_type in ("opened", "closed_no_write"):
             return
         for path in (event.src_path, getattr(event, "dest_path", "")):
             if path and self._owner.matches(os.path.abspath(str(path))):

@@ -22,6 +22,7 @@ from . import __version__, control, systemd
 from .audit import AuditError, AuditLog
 from .backend import Backend
 from .executor import BackendRunner
+from .keys import KeyFileError, load_key
 from .net import tcp, udp
 from .net.iface import InterfaceError, LinkWatcher, interface_index
 from .operations import Clock
@@ -185,6 +186,8 @@ class Daemon:
             )
             self._reloader.start()
             loop.add_signal_handler(signal.SIGHUP, self._reloader.trigger)
+        else:
+            loop.add_signal_handler(signal.SIGHUP, self._reload_key, service)
         try:
             if self.quorum is not None:
                 await self.quorum.start()
@@ -246,6 +249,21 @@ class Daemon:
             audit.close()
         _log_stats(service, final=True)
         return 0
+
+    def _reload_key(self, service: FenceService) -> None:
+        """SIGHUP without cluster.conf: re-read the key file (a key rotation), as fence_xvmd did.
+        A key that cannot be read is reported and the old one stays in force."""
+        systemd.reloading()
+        try:
+            key, warnings = load_key(self.settings.key_file)
+        except KeyFileError as exc:
+            log.error("SIGHUP: %s; still using the key loaded before", exc)
+        else:
+            for warning in warnings:
+                log.warning("%s", warning)
+            service.policy = Policy.unrestricted([key])
+            log.info("SIGHUP: key %s re-read", self.settings.key_file)
+        systemd.ready("key re-read")
 
     def status(self) -> dict[str, Any]:
         """Everything ``xvmd status`` shows, as plain data."""

@@ -124,3 +124,26 @@ def test_audit_command_answers_who_fenced_what_when(
     assert bad.rc == 2 and "--since" in bad.stderr
     missing = run_xvmd_once(netns, ["audit", "--file", str(tmp_path / "none.jsonl")])
     assert missing.rc == 2 and "cannot read" in missing.stderr
+
+
+def test_sighup_without_cluster_conf_rereads_the_key(
+    start_xvmd: XvmdFactory, netns: Netns, tmp_path: Path
+) -> None:
+    key = tmp_path / "rotating.key"
+    key.write_bytes(os.urandom(4096))
+    key.chmod(0o600)
+    old = tmp_path / "old.key"
+    old.write_bytes(key.read_bytes())
+    d = start_xvmd(key=key)
+    common = ["-p", str(d.port), "-t", "2", "-r", "10", "-o", "status", "-H", "vm-01"]
+    assert fence_xvm(netns, "-k", str(old), *common).rc == 0
+    key.write_bytes(os.urandom(4096))  # rotated on disk: not used until SIGHUP
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGHUP)
+    assert d.wait_for_log(f"SIGHUP: key {key} re-read")
+    assert fence_xvm(netns, "-k", str(key), *common).rc == 0
+    assert fence_xvm(netns, "-k", str(old), *common).rc == 1
+    key.unlink()
+    d.proc.send_signal(signal.SIGHUP)
+    assert d.wait_for_log("still using the key loaded before")
+    assert d.proc.poll() is None
