@@ -101,7 +101,7 @@ class Daemon:
         self.backend_up = False
         self.where: list[str] = []
         self._stop = asyncio.Event()
-        self._transports: list[asyncio.BaseTransport] = []
+        self._transports: list[udp.Listener] = []
         self._servers: list[asyncio.Server] = []
         self._service: FenceService | None = None
         self._sockets: list[tuple[Listener, socket.socket]] = []

@@ -77,7 +77,9 @@ class BackendRunner:
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(self._pool, functools.partial(fn, *args))
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout=deadline - loop.time())
+            # asyncio.timeout, not wait_for: wait_for makes a task per call (Python 3.11).
+            async with asyncio.timeout_at(deadline):
+                return await asyncio.shield(fut)
         except TimeoutError:
             raise Deadline() from None
 
@@ -157,7 +159,8 @@ class BackendRunner:
         fut = loop.run_in_executor(self._pool, self._perform, op, dom, deadline)
         fut.add_done_callback(lambda _f: release())
         try:
-            outcome = await asyncio.wait_for(asyncio.shield(fut), timeout=deadline - loop.time())
+            async with asyncio.timeout_at(deadline):
+                outcome = await asyncio.shield(fut)
         except TimeoutError:
             fut.add_done_callback(functools.partial(_log_late, op, dom))
             return Outcome(

@@ -86,6 +86,8 @@ class FenceService:
         self._now = now or asyncio.get_event_loop().time
         self._random = random_bytes
         self._tasks: set[asyncio.Task[None]] = set()
+        # Tasks holding a session slot: taken at the start, given back once the answer is out.
+        self._slots: set[asyncio.Task[Any]] = set()
         self._busy_logged = float("-inf")
         self._quorum = quorum  # None: --local, no quorum checks
         self._gate_logged: dict[tuple[int, int, str], float] = {}
@@ -95,7 +97,7 @@ class FenceService:
 
     @property
     def active_sessions(self) -> int:
-        return len(self._tasks)
+        return len(self._slots)
 
     # -- datagrams ------------------------------------------------------------------------------
 
@@ -146,7 +148,7 @@ class FenceService:
                 "copy of pending %s seqno %d via %s kept", req.op.label, req.seqno, req.address
             )
             return
-        if len(self._tasks) >= self.max_sessions:
+        if len(self._slots) >= self.max_sessions:
             self.history.forget(req)
             self.stats.drop("busy")
             if now - self._busy_logged >= BUSY_LOG_INTERVAL:
@@ -154,7 +156,7 @@ class FenceService:
                 log.warning(
                     "too busy (%d sessions): dropping requests, clients will retransmit "
                     "(latest: %s %s from %s)",
-                    len(self._tasks),
+                    len(self._slots),
                     req.op.label,
                     _target(req),
                     req.address,
@@ -211,10 +213,17 @@ class FenceService:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
+    def _release(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._slots.discard(task)
+
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
+        self._slots.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._slots.discard)
 
     async def _serve_datagram(self, req: FenceRequest, key: Key | None, policy: Policy) -> None:
         started = self._now()
@@ -223,7 +232,7 @@ class FenceService:
             assert candidate.callback is not None
             address, port = candidate.callback
             try:
-                stream = await tcp.connect_back(address, port)
+                channel = await tcp.connect_back(address, port)
             except tcp.CallbackFailed as exc:
                 log.warning(
                     "cannot call back %s port %d for %s %s: %s",
@@ -236,53 +245,49 @@ class FenceService:
                 candidate = self.history.next_alternate(req)
                 continue
             self.history.record(req, self._now())
-            await self._serve_session(candidate, key, policy, stream, started)
+            await self._serve_session(candidate, key, policy, channel, started)
             return
         self.history.forget(req)
         self.stats.drop("callback-failed")
 
     # -- the TCP listener (fence_virt -T) ------------------------------------------------------
 
-    async def stream_client(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        peer = writer.get_extra_info("peername") or ("?", 0)
-        if len(self._tasks) >= self.max_sessions:
+    async def stream_client(self, channel: tcp.Channel) -> None:
+        peer = channel.peer
+        if len(self._slots) >= self.max_sessions:
             self.stats.drop("busy")
-            writer.close()
+            channel.abort()
             return
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self._slots.add(task)
         try:
             started = self._now()
             policy = self.policy
+            data = await channel.read_exact(REQUEST_SIZE, STREAM_REQUEST_TIMEOUT)
+            if data is None:
+                self.stats.drop("stream-incomplete")
+                channel.abort()
+                return
             try:
-                data = await asyncio.wait_for(
-                    reader.readexactly(REQUEST_SIZE), timeout=STREAM_REQUEST_TIMEOUT
-                )
                 req = parse_request(data)
                 key = verify_request(req, self.auth.hash, policy.keys)
-            except (TimeoutError, asyncio.IncompleteReadError, OSError):
-                self.stats.drop("stream-incomplete")
-                writer.close()
-                return
             except (MalformedRequest, Rejected) as exc:
                 self.stats.drop(exc.reason)
                 log.info("dropped TCP request from %s: %s", peer[0], exc)
-                writer.close()
+                channel.abort()
                 return
             gate, why = quorum_gate(req.op, self._quorum() if self._quorum else None)
             if gate is Gate.DROP:
                 self.stats.drop("inquorate")
                 self._log_gate(req, why, self._now())
-                writer.close()
+                channel.abort()
                 return
-            await self._serve_session(
-                req, key, policy, (reader, writer), started, requester=peer[0]
-            )
+            await self._serve_session(req, key, policy, channel, started, requester=peer[0])
         finally:
             self._tasks.discard(task)
+            self._slots.discard(task)
 
     # -- common ---------------------------------------------------------------------------------
 
@@ -291,12 +296,11 @@ class FenceService:
         req: FenceRequest,
         key: Key | None,
         policy: Policy,
-        stream: tcp.Stream,
+        channel: tcp.Channel,
         started: float,
         requester: str | None = None,
     ) -> None:
         who = requester or req.address or "?"
-        _, writer = stream
         if key is None and self.auth.auth is not HashType.NONE:
             # An unsigned request accepted under --hash none, but no key to answer challenges.
             log.warning(
@@ -306,7 +310,7 @@ class FenceService:
                 who,
                 self.auth.auth.label,
             )
-            writer.close()
+            channel.abort()
             return
         session = ServerSession(
             auth=self.auth.auth,
@@ -314,7 +318,7 @@ class FenceService:
             challenge=self._random(CHALLENGE_SIZE),
             now=self._now(),
         )
-        if not await tcp.authenticate(session, stream, self._now):
+        if not await channel.authenticate(session):
             self.stats.drop("auth-failed")
             log.warning(
                 "%s %s from %s not served: authentication failed: %s",
@@ -323,7 +327,7 @@ class FenceService:
                 who,
                 session.failure,
             )
-            await tcp.flush_and_close(session, writer, WRITE_TIMEOUT)
+            await channel.finish(session, WRITE_TIMEOUT)
             self._audit_later(
                 self._remember(who, req, None, "auth-failed", session.failure or "", 0.0, "")
             )
@@ -334,7 +338,7 @@ class FenceService:
         gate, why = quorum_gate(req.op, self._quorum() if self._quorum else None)
         if gate is Gate.DROP:
             # Quorum was lost during the handshake: we may not act, and must not claim anything.
-            writer.close()
+            channel.abort()
             self.stats.drop("inquorate")
             log.warning("%s %s from %s: no answer sent: %s", req.op.label, _target(req), who, why)
             self._audit_later(self._remember(who, req, device, "dropped", why, 0.0, ""))
@@ -349,7 +353,8 @@ class FenceService:
         if self.audit is not None:
             # Before the result byte leaves: whoever heard "done" can find the record.
             await self.audit.record(entry, durable=req.op.is_power_action)
-        await tcp.flush_and_close(session, writer, WRITE_TIMEOUT)
+        await channel.finish(session, WRITE_TIMEOUT)
+        self._release()  # the answer is out: the slot is free while we log
         self.stats.served[result.label] += 1
         mapped = f" (domain {domain})" if domain else ""
         if device is not None:
