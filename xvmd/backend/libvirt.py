@@ -196,11 +196,18 @@ class LibvirtBackend:
 
     def list_domains(self) -> list[DomainInfo]:
         def run(conn: Any) -> list[DomainInfo]:
-            out = []
-            for dom in conn.listAllDomains(0):
-                state, _reason = dom.state()
-                out.append(DomainInfo(dom.name(), dom.UUIDString(), DomainState.of(state)))
-            return out
+            # One call for every domain's state (a remote connection would otherwise make one
+            # round trip per domain); name and UUID are cached in the domain objects.
+            try:
+                stats = conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                    raise
+                stats = [(d, {"state.state": d.state()[0]}) for d in conn.listAllDomains(0)]
+            return [
+                DomainInfo(dom.name(), dom.UUIDString(), DomainState.of(st.get("state.state", 0)))
+                for dom, st in stats
+            ]
 
         return self._call(run)
 
