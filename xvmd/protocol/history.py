@@ -37,14 +37,14 @@ def request_key(req: FenceRequest) -> RequestKey:
     return (int(req.op), req.seqno, req.domain.casefold())
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     tried: set[tuple[str, int] | None] = field(default_factory=set)
     alternates: list[FenceRequest] = field(default_factory=list)
     copies: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Recorded:
     at: float
     copies: int = 0
