@@ -353,8 +353,10 @@ class FenceService:
         if self.audit is not None:
             # Before the result byte leaves: whoever heard "done" can find the record.
             await self.audit.record(entry, durable=req.op.is_power_action)
+        # The answer is queued: the slot is free for the client's next request while this
+        # connection closes (bounded by WRITE_TIMEOUT) and the line is logged.
+        self._release()
         await channel.finish(session, WRITE_TIMEOUT)
-        self._release()  # the answer is out: the slot is free while we log
         self.stats.served[result.label] += 1
         mapped = f" (domain {domain})" if domain else ""
         if device is not None:
