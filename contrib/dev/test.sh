@@ -6,7 +6,7 @@ cd "$(dirname "$0")/../.."
 bash contrib/dev/setup.sh
 
 echo "== ruff"
-.venv/bin/ruff check xvmd ccs tests
+.venv/bin/ruff check xvmd ccs tests bench contrib
 echo "== mypy --strict"
 .venv/bin/mypy
 echo "== pytest"
