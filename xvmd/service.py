@@ -69,7 +69,7 @@ class FenceService:
         policy: Policy,
         runner: BackendRunner,
         *,
-        max_sessions: int = 64,
+        max_sessions: int = 128,
         now: Callable[[], float] | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
         quorum: Callable[[], QuorumStatus] | None = None,
@@ -353,10 +353,10 @@ class FenceService:
         if self.audit is not None:
             # Before the result byte leaves: whoever heard "done" can find the record.
             await self.audit.record(entry, durable=req.op.is_power_action)
-        # The answer is queued: the slot is free for the client's next request while this
-        # connection closes (bounded by WRITE_TIMEOUT) and the line is logged.
-        self._release()
         await channel.finish(session, WRITE_TIMEOUT)
+        # Released only once the connection is closed: a client that stops reading holds its
+        # slot (for WRITE_TIMEOUT at most), so stalled readers never exceed max_sessions.
+        self._release()
         self.stats.served[result.label] += 1
         mapped = f" (domain {domain})" if domain else ""
         if device is not None:

@@ -47,7 +47,9 @@ class Settings:
     devices: tuple[str, ...] | None = None  # -D selections
     control: str | None = "/run/xvmd/xvmd.sock"  # `xvmd status` reads this socket
     audit: str | None = "/var/lib/xvmd/audit.jsonl"  # None: no audit trail
-    max_sessions: int = 64
+    # Sessions (connections) at once; beyond it datagrams are dropped as busy and clients
+    # retransmit. 128 leaves room for 64 clients in flight while answered sessions close.
+    max_sessions: int = 128
     workers: int = 32
 
     @property

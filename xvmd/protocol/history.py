@@ -6,8 +6,9 @@ Rules for this module:
    and further copies with a different callback address are kept as alternates: the stock client
    sends one copy per local address, and if the first address cannot be reached the next one may
    (fence_virtd drops them, so a client with one unreachable address fails there).
-3. Memory is bounded: at most ``max_entries`` recorded and as many pending keys; the oldest go
-   first. Pending and recorded keys live apart, so a slow callback never delays expiry.
+3. Memory is bounded: at most ``max_entries`` recorded and as many pending keys, the oldest
+   going first, and at most MAX_ALTERNATES callback addresses per pending key. Pending and
+   recorded keys live apart, so a slow callback never delays expiry.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from dataclasses import dataclass, field
 from .wire import FenceRequest
 
 DUPLICATE_WINDOW = 10.0
+MAX_ALTERNATES = 8
+"""Callback addresses kept per pending request: the stock client sends one copy per local
+address, so a few; more would let one key holder grow memory and retry time without limit."""
 
 
 class Admission(enum.Enum):
@@ -76,7 +80,7 @@ class History:
                 self._pending.popitem(last=False)
             return Admission.NEW
         pending.copies += 1
-        if req.callback not in pending.tried:
+        if req.callback not in pending.tried and len(pending.tried) < MAX_ALTERNATES:
             pending.tried.add(req.callback)
             pending.alternates.append(req)
             return Admission.ALTERNATE
