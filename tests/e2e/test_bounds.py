@@ -5,7 +5,8 @@ sockets are created by a short-lived thread that enters the namespace (``ns_sock
 test itself can hold dozens of them at once. While each scenario runs, a sampler thread reads
 xvmd's RSS and open file descriptors from /proc.
 
-- (a) max_sessions + 16 requests whose callback is accepted but never challenged: max_sessions run, the rest
+- (a) max_sessions + 16 requests whose callback is accepted but never challenged: max_sessions
+  run, the rest
   are dropped as busy; each session ends after the 10 s auth step; the real fence_xvm, dropped
   as busy meanwhile, is served on a retransmit once the stalls time out.
 - (b) callbacks to a listener whose accept queue is full (SYNs dropped) and to a closed port:
