@@ -1,9 +1,15 @@
-"""Loading shared key files, with errors an operator can act on."""
+"""Loading the shared key file with --no-ccs, with errors an operator can act on.
+
+The file itself is read by ``ccs.source.read_key``, the same reader cluster.conf's key files
+go through (raw bytes, at most 4096 of them, never blocking on a FIFO).
+"""
 
 from __future__ import annotations
 
 import os
 import stat
+
+from ccs.source import read_key
 
 from .protocol.auth import Key
 from .protocol.wire import MAX_KEY_LEN
@@ -22,33 +28,28 @@ def load_key(path: str) -> tuple[Key, list[str]]:
     Raises:
         KeyFileError: missing, unreadable, not a regular file, or empty.
     """
-    warnings = []
-    try:
-        with open(path, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise KeyFileError(f"key file {path} is not a regular file")
-            data = fh.read(MAX_KEY_LEN + 1)
-    except FileNotFoundError:
-        raise KeyFileError(f"key file {path} does not exist") from None
-    except PermissionError:
-        raise KeyFileError(f"key file {path} is not readable (permission denied)") from None
-    except IsADirectoryError:
-        raise KeyFileError(f"key file {path} is a directory") from None
-    except OSError as exc:
-        raise KeyFileError(f"key file {path} cannot be read: {exc.strerror}") from None
-    if not data:
+    state = read_key(path)
+    if state.data is None:
+        problem = state.problem or "unreadable"
+        if problem == "missing":
+            raise KeyFileError(f"key file {path} does not exist")
+        if problem == "not a regular file":
+            what = "a directory" if os.path.isdir(path) else "not a regular file"
+            raise KeyFileError(f"key file {path} is {what}")
+        if "permission denied" in problem:
+            raise KeyFileError(f"key file {path} is not readable (permission denied)")
+        raise KeyFileError(f"key file {path} cannot be read: {problem}")
+    if not state.data:
         raise KeyFileError(f"key file {path} is empty; every signed request would be rejected")
-    if len(data) > MAX_KEY_LEN:
+    warnings = []
+    if state.size > MAX_KEY_LEN:
         warnings.append(
             f"key file {path} is longer than {MAX_KEY_LEN} bytes; like fence_xvm, only the first "
             f"{MAX_KEY_LEN} are used"
         )
-        data = data[:MAX_KEY_LEN]
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if state.mode & (stat.S_IRWXG | stat.S_IRWXO):
         warnings.append(
-            f"key file {path} is accessible to group or others"
-            f" (mode {stat.S_IMODE(st.st_mode):04o});"
-            " use chmod 600"
+            f"key file {path} is accessible to group or others (mode {state.mode:04o}); "
+            "use chmod 600"
         )
-    return Key(data), warnings
+    return Key(state.data[:MAX_KEY_LEN]), warnings

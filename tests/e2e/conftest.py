@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -92,3 +93,13 @@ def start_xvmd(netns: Netns, key_file: Path, tmp_path: Path) -> Iterator[XvmdFac
     yield start
     for d in started:
         d.stop()
+
+
+@pytest.fixture
+def corosync_installed() -> None:
+    """Tests that start real corosync nodes need corosync and nsenter."""
+    if shutil.which("corosync") is None or shutil.which("nsenter") is None:
+        message = "needs corosync (apt-get install corosync) and nsenter"
+        if os.environ.get("XVMD_STRICT") == "1":
+            pytest.fail(message)
+        pytest.skip(message)

@@ -9,7 +9,6 @@ the same network namespace and reaches its host's xvmd over multicast on lo.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import time
@@ -28,18 +27,9 @@ from tests.support.harness import (
     run_xvmd_once,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("corosync_installed")]
 
 PORT = 22229
-
-
-@pytest.fixture(autouse=True)
-def _corosync_installed() -> None:
-    if shutil.which("corosync") is None or shutil.which("nsenter") is None:
-        message = "needs corosync (apt-get install corosync) and nsenter"
-        if os.environ.get("XVMD_STRICT") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 @pytest.fixture

@@ -11,8 +11,6 @@ every namespace deleted.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,16 +20,7 @@ import pytest
 from tests.support.corosync_lab import Lab, Node, Status, corosync_conf
 from tests.support.harness import run
 
-pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(autouse=True)
-def _corosync_installed() -> None:
-    if shutil.which("corosync") is None or shutil.which("nsenter") is None:
-        message = "needs corosync (apt-get install corosync) and nsenter"
-        if os.environ.get("XVMD_STRICT") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("corosync_installed")]
 
 
 @pytest.fixture
