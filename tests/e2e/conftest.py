@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.corosync_lab import Lab
 from tests.support.harness import DOMAINS_XML, Netns, Xvmd, missing_prerequisites
 
 _ports = itertools.count(21000)
@@ -103,3 +104,13 @@ def corosync_installed() -> None:
         if os.environ.get("XVMD_STRICT") == "1":
             pytest.fail(message)
         pytest.skip(message)
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    """Real corosync nodes (tests/support/corosync_lab.py), all stopped and deleted after."""
+    lab = Lab(tmp_path)
+    try:
+        yield lab
+    finally:
+        lab.close()

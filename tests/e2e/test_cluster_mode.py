@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,15 +30,6 @@ from tests.support.harness import (
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("corosync_installed")]
 
 PORT = 22229
-
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path)
-    try:
-        yield lab
-    finally:
-        lab.close()
 
 
 def guest_cluster(root: Path, hosts: int, requester: str = "127.0.0.1") -> Path:

@@ -12,7 +12,7 @@ every namespace deleted.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,15 +21,6 @@ from tests.support.corosync_lab import Lab, Node, Status, corosync_conf
 from tests.support.harness import run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("corosync_installed")]
-
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path)
-    try:
-        yield lab
-    finally:
-        lab.close()
 
 
 def quorumtool_ring_id(node: Node) -> list[int]:
