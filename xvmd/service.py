@@ -123,11 +123,10 @@ class FenceService:
             log.debug("dropped request from %s: it names no callback address", source[0])
             return
         now = self._now()
-        gate, why = quorum_gate(req.op, self._quorum() if self._quorum else None)
+        gate, why = self._gate(req.op)
         if gate is Gate.DROP:
             # Not recorded: once quorum is back, the client's retransmit is served.
-            self.stats.drop("inquorate")
-            self._log_gate(req, why, now)
+            self._drop_inquorate(req, why, now)
             return
         admission = self.history.admit(req, now)
         if admission is Admission.DUPLICATE:
@@ -164,10 +163,15 @@ class FenceService:
             return
         self._spawn(self._serve_datagram(req, key, policy))
 
-    def _log_gate(self, req: FenceRequest, why: str, now: float) -> None:
+    def _gate(self, op: Op) -> tuple[Gate, str]:
+        return quorum_gate(op, self._quorum() if self._quorum else None)
+
+    def _drop_inquorate(self, req: FenceRequest, why: str, now: float) -> None:
+        """Count the drop; log and audit it once per request, not once per retransmit."""
+        self.stats.drop("inquorate")
         key = (int(req.op), req.seqno, req.domain.casefold())
         if now - self._gate_logged.get(key, float("-inf")) < 10.0:
-            return  # one line per request, not one per retransmit
+            return
         if len(self._gate_logged) > 1024:
             self._gate_logged.clear()
         self._gate_logged[key] = now
@@ -278,10 +282,9 @@ class FenceService:
                 log.info("dropped TCP request from %s: %s", peer[0], exc)
                 channel.abort()
                 return
-            gate, why = quorum_gate(req.op, self._quorum() if self._quorum else None)
+            gate, why = self._gate(req.op)
             if gate is Gate.DROP:
-                self.stats.drop("inquorate")
-                self._log_gate(req, why, self._now())
+                self._drop_inquorate(req, why, self._now())
                 channel.abort()
                 return
             await self._serve_session(req, key, policy, channel, started, requester=peer[0])
@@ -335,7 +338,7 @@ class FenceService:
         deadline = self._now() + self.runner.budget_for(req.op)
         scope = policy.scope_for(key)
         device = scope.device if scope is not None else None
-        gate, why = quorum_gate(req.op, self._quorum() if self._quorum else None)
+        gate, why = self._gate(req.op)
         if gate is Gate.DROP:
             # Quorum was lost during the handshake: we may not act, and must not claim anything.
             channel.abort()

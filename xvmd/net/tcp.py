@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from ..protocol.session import CONNECT_TIMEOUT, Phase, ServerSession
 
@@ -179,7 +180,7 @@ async def connect_back(address: str, port: int, timeout: float = CONNECT_TIMEOUT
 
 
 async def start_listener(
-    host: str, port: int, on_connection: Callable[[Channel], Awaitable[None]]
+    host: str, port: int, on_connection: Callable[[Channel], Coroutine[Any, Any, None]]
 ) -> asyncio.Server:
     """The listener ``fence_virt -T`` talks to. Raises OSError when the port is taken."""
     loop = asyncio.get_running_loop()
@@ -189,7 +190,7 @@ async def start_listener(
         channel = Channel()
 
         def start() -> None:
-            task = loop.create_task(_run(on_connection, channel))
+            task = loop.create_task(on_connection(channel))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
@@ -197,7 +198,3 @@ async def start_listener(
         return channel
 
     return await loop.create_server(factory, host, port, reuse_address=True)
-
-
-async def _run(on_connection: Callable[[Channel], Awaitable[None]], channel: Channel) -> None:
-    await on_connection(channel)

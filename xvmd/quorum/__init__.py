@@ -58,28 +58,3 @@ class QuorumSource(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
-
-
-class StaticQuorum:
-    """A fixed status (``--local`` mode reports this, and tests push changes by hand)."""
-
-    def __init__(self, status: QuorumStatus) -> None:
-        self._status = status
-        self._listeners: list[Listener] = []
-
-    def current(self) -> QuorumStatus:
-        return self._status
-
-    def subscribe(self, listener: Listener) -> None:
-        self._listeners.append(listener)
-
-    def set(self, status: QuorumStatus) -> None:
-        self._status = status
-        for listener in self._listeners:
-            listener(status)
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
