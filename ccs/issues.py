@@ -58,6 +58,7 @@ class Code(enum.StrEnum):
     UNUSED_DEVICE = "unused-device"
     CLUSTER_NAME_LONG = "cluster-name-long"
     UNRESOLVED_NODE = "unresolved-node"
+    UUID_SHAPED_VM = "uuid-shaped-vm"
 
 
 SEVERITY: dict[Code, Severity] = {code: Severity.ERROR for code in Code}
@@ -71,6 +72,7 @@ SEVERITY.update(
         Code.UNUSED_DEVICE: Severity.WARNING,
         Code.CLUSTER_NAME_LONG: Severity.WARNING,
         Code.UNRESOLVED_NODE: Severity.WARNING,
+        Code.UUID_SHAPED_VM: Severity.WARNING,
     }
 )
 
@@ -109,6 +111,7 @@ DESCRIPTION: dict[Code, str] = {
     Code.UNUSED_DEVICE: "a fence_xvm device is used by no cluster node",
     Code.CLUSTER_NAME_LONG: "the cluster name is longer than 16 characters (cman's limit)",
     Code.UNRESOLVED_NODE: "no name of a node resolves to an address: its requests are refused",
+    Code.UUID_SHAPED_VM: "a VM has the form of a UUID but use_uuid is not set: name or UUID?",
 }
 
 

@@ -10,6 +10,7 @@ Rules:
 
 from __future__ import annotations
 
+import re
 import stat
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,6 +21,11 @@ from .model import Cluster, ClusterNode, DeviceRef, FenceDevice
 from .parse import MAX_DOMAIN_BYTES, parse_bool
 
 MAX_KEY_LEN = 4096
+# The canonical 8-4-4-4-12 UUID form, any case: the same test as the daemon's ``is_uuid``
+# (ccs may not import xvmd).
+_UUID_FORM = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +204,50 @@ def _structure(cluster: Cluster) -> list[Issue]:
     return out
 
 
+def _ref_issues(node: ClusterNode, ref: DeviceRef, file: str) -> list[Issue]:
+    """Problems of one ``<device>`` entry's VM attributes (conflicting or old-style port=)."""
+    out: list[Issue] = []
+    port, domain = ref.attrs.get("port", ""), ref.attrs.get("domain", "")
+    if port and domain and not port.isdigit() and port != domain:
+        out.append(
+            Issue(
+                Code.CONFLICTING_DOMAIN,
+                f'node {node.name!r}: port="{port}" and domain="{domain}" name different VMs',
+                file,
+                ref.line,
+            )
+        )
+    if port.isdigit() and not domain:
+        out.append(
+            Issue(
+                Code.OLD_PORT,
+                f'node {node.name!r}: port="{port}" is read as '
+                "the old-generation IP port; the VM is taken to be the node "
+                "name (use port=VM or domain=VM)",
+                file,
+                ref.line,
+            )
+        )
+    return out
+
+
+def _uuid_shaped(target: NodeTarget, file: str) -> list[Issue]:
+    """A VM in UUID form without use_uuid: the daemon matches it against domain names and
+    UUIDs alike, and refuses it when they name different domains."""
+    if target.use_uuid or _UUID_FORM.match(target.domain) is None:
+        return []
+    return [
+        Issue(
+            Code.UUID_SHAPED_VM,
+            f"node {target.node!r}: VM {target.domain!r} has the form of a UUID but use_uuid "
+            "is not set; it will be matched against domain names and UUIDs, and refused if "
+            'they name different domains (set use_uuid="1" if it is a UUID, or rename the VM)',
+            file,
+            target.line,
+        )
+    ]
+
+
 def _targets(cluster: Cluster, device: FenceDevice, out: list[Issue]) -> tuple[NodeTarget, ...]:
     """Every node fenced through ``device``, with its VM; VM problems go to ``out``."""
     f = cluster.file
@@ -207,32 +257,9 @@ def _targets(cluster: Cluster, device: FenceDevice, out: list[Issue]) -> tuple[N
         refs = [r for m in node.methods for r in m.devices if r.name == device.name]
         if not refs:
             continue
-        vms = []
         for ref in refs:
-            port, domain = ref.attrs.get("port", ""), ref.attrs.get("domain", "")
-            if port and domain and not port.isdigit() and port != domain:
-                out.append(
-                    Issue(
-                        Code.CONFLICTING_DOMAIN,
-                        f'node {node.name!r}: port="{port}" '
-                        f'and domain="{domain}" name different VMs',
-                        f,
-                        ref.line,
-                    )
-                )
-            if port.isdigit() and not domain:
-                out.append(
-                    Issue(
-                        Code.OLD_PORT,
-                        f'node {node.name!r}: port="{port}" is read as '
-                        "the old-generation IP port; the VM is taken to be the node "
-                        "name (use port=VM or domain=VM)",
-                        f,
-                        ref.line,
-                    )
-                )
-            vms.append(vm_for(node, ref, device))
-        vm = vms[0]
+            out.extend(_ref_issues(node, ref, f))
+        vm = vm_for(node, refs[0], device)
         if len(vm.encode()) > MAX_DOMAIN_BYTES and vm == node.name:
             out.append(
                 Issue(
@@ -246,6 +273,7 @@ def _targets(cluster: Cluster, device: FenceDevice, out: list[Issue]) -> tuple[N
         target = NodeTarget(
             node.name, node.nodeid, node.names, vm, _use_uuid(refs[0], device), refs[0].line
         )
+        out.extend(_uuid_shaped(target, f))
         clash = by_vm.get(vm.casefold())
         if clash is not None:
             out.append(

@@ -29,7 +29,7 @@ from .operations import Clock
 from .policy import Policy
 from .quorum import QuorumSource
 from .reloader import Reloader
-from .service import Auth, FenceService
+from .service import Auth, FenceService, Limits
 from .settings import Listener, Settings
 
 log = logging.getLogger("xvmd")
@@ -169,7 +169,7 @@ class Daemon:
             Auth(self.settings.hash, self.settings.auth),
             self.policy,
             runner,
-            max_sessions=self.settings.max_sessions,
+            limits=Limits(max_sessions=self.settings.max_sessions),
             now=loop.time,
             quorum=self.quorum.current if self.quorum is not None else None,
             audit=audit,
@@ -334,6 +334,7 @@ class Daemon:
                     "reachable" if now_up else "unreachable",
                 )
                 self.backend_up = now_up
+            service.log_summaries()
             if loop.time() - last_stats >= STATS_INTERVAL:
                 last_stats = loop.time()
                 if service.stats.dropped != reported:

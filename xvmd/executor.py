@@ -99,16 +99,21 @@ class BackendRunner:
         target: str,
         deadline: float,
         allowed: Callable[[DomainInfo | None], bool] | None = None,
+        *,
+        exact: bool = False,
+        uuid_only: bool = False,
     ) -> Outcome:
         """Resolve ``target`` and carry out ``op``, serialised per domain, within ``deadline``.
 
         ``allowed`` gets the resolved domain (None: not found) and may refuse it (PERM).
+        ``exact`` and ``uuid_only`` choose how the target is matched (``Backend.lookup``).
         """
         budget = deadline - asyncio.get_running_loop().time()
         try:
             if not op.needs_domain:
                 return await self._run(deadline, self._perform, op, None, deadline)
-            dom = await self._run(deadline, operations.resolve, self.backend, target)
+            find = functools.partial(operations.resolve, exact=exact, uuid_only=uuid_only)
+            dom = await self._run(deadline, find, self.backend, target)
             if allowed is not None and not allowed(dom):
                 what = f"domain {dom.name}" if dom else f"{target!r} (no such domain)"
                 return Outcome(Result.PERM, f"{what} belongs to no cluster node of this device")

@@ -38,10 +38,13 @@ class Clock:
     sleep: Callable[[float], None]
 
 
-def resolve(backend: Backend, target: str) -> DomainInfo | None:
-    """The domain a request names, by UUID or name; None when there is none."""
+def resolve(
+    backend: Backend, target: str, *, exact: bool = False, uuid_only: bool = False
+) -> DomainInfo | None:
+    """The domain a request names (matched as ``Backend.lookup`` says); None when there is
+    none. An ambiguous target raises BackendError: it is not "absent"."""
     try:
-        return backend.lookup(target)
+        return backend.lookup(target, exact=exact, uuid_only=uuid_only)
     except DomainNotFound:
         return None
 

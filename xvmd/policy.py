@@ -43,36 +43,64 @@ def quorum_gate(op: Op, status: QuorumStatus | None) -> tuple[Gate, str]:
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """The domains one device (one key) may reach."""
+    """The domains one device (one key) may reach.
+
+    Node names fold case (host names do); VM names compare exactly, as libvirt's do, so
+    ``Tenant-Web`` is never taken for ``tenant-web``; UUIDs compare in any case.
+    """
 
     device: str
     by_name: Mapping[str, NodeTarget]  # casefolded node names and altnames
-    by_vm: Mapping[str, NodeTarget]  # casefolded VM names or UUIDs
+    by_vm: Mapping[str, NodeTarget]  # VMs exactly as written in cluster.conf
+    by_uuid: Mapping[str, NodeTarget] = field(default_factory=dict)  # UUID-form VMs, lower case
 
     @classmethod
     def of(cls, devices: Iterable[ServedDevice]) -> Scope:
         by_name: dict[str, NodeTarget] = {}
         by_vm: dict[str, NodeTarget] = {}
+        by_uuid: dict[str, NodeTarget] = {}
         names = []
         for sd in devices:
             names.append(sd.name)
             for t in sd.nodes:
                 for n in t.names:
                     by_name.setdefault(n.casefold(), t)
-                by_vm.setdefault(t.domain.casefold(), t)
-        return cls("+".join(names), by_name, by_vm)
+                by_vm.setdefault(t.domain, t)
+                if is_uuid(t.domain):
+                    by_uuid.setdefault(t.domain.lower(), t)
+        return cls("+".join(names), by_name, by_vm, by_uuid)
 
-    def holds(self, dom: DomainInfo) -> NodeTarget | None:
-        return self.by_vm.get(dom.name.casefold()) or self.by_vm.get(dom.uuid.casefold())
+    def holds(self, dom: DomainInfo | HostRecord) -> NodeTarget | None:
+        """The node whose VM ``dom`` is, matched by its UUID or its exact name."""
+        node = self.by_uuid.get(dom.uuid.lower())
+        if node is not None:
+            return node
+        node = self.by_vm.get(dom.name)
+        # A use_uuid VM is a UUID: a domain merely named like it is not that VM.
+        return node if node is not None and not node.use_uuid else None
+
+    def node_for(self, target: str) -> NodeTarget | None:
+        """The node a request's target names: a node name, else one of the VMs."""
+        return (
+            self.by_name.get(target.casefold())
+            or self.by_vm.get(target)
+            or self.by_uuid.get(target.lower())
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class Mapped:
-    """A request target turned into what to look up, and the node it belongs to."""
+    """A request target turned into what to look up, how, and the node it belongs to.
+
+    ``exact``: no case-insensitive fallback; a UUID-form VM matches by name or UUID, and
+    refuses to guess when those are two domains. ``uuid_only``: match by UUID alone.
+    """
 
     domain: str
     node: NodeTarget | None
     scope: Scope | None
+    exact: bool = False
+    uuid_only: bool = False
 
     def allows(self, dom: DomainInfo | None) -> bool:
         """Final check on the domain libvirt resolved (None: no such domain)."""
@@ -148,16 +176,13 @@ class Policy:
         scope = self.scope_for(key)
         if scope is None:
             return Mapped(target, None, None)
-        folded = target.casefold()
-        node = scope.by_name.get(folded)
+        node = scope.node_for(target)
         if node is not None:
-            return Mapped(node.domain, node, scope)
-        node = scope.by_vm.get(folded)
-        if node is not None:
-            return Mapped(target, node, scope)
+            # Look up the VM as the map writes it, never the request's spelling of it.
+            return Mapped(node.domain, node, scope, exact=True, uuid_only=node.use_uuid)
         if is_uuid(target):
             # The map may name the VM while the request names its UUID: decide after lookup.
-            return Mapped(target, None, scope)
+            return Mapped(target, None, scope, exact=True, uuid_only=True)
         return Refused(
             f"{target!r} is no node or VM of cluster {self.cluster!r} fenced through "
             f"device {scope.device}"
@@ -167,8 +192,4 @@ class Policy:
         scope = self.scope_for(key)
         if scope is None:
             return list(records)
-        return [
-            r
-            for r in records
-            if r.name.casefold() in scope.by_vm or r.uuid.casefold() in scope.by_vm
-        ]
+        return [r for r in records if scope.holds(r) is not None]

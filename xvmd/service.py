@@ -1,8 +1,9 @@
-"""One request's way through the daemon: verify, de-duplicate, call back, authenticate, act, answer.
+"""One request's way through the daemon: verify, admit, call back, authenticate, act, answer.
 
 Rules:
-1. The reject path is cheap and silent per packet: size, parse, one digest, then a counter.
-   Operators see drops in a periodic summary (and at debug level per packet), never a flood.
+1. The reject path is cheap and silent per packet: size, one digest, parse, then a counter.
+   What happens next without I/O (replays, quorum, requester, duplicates, quotas) is decided by
+   ``xvmd.intake``; operators see drops in rate-limited lines and a periodic summary.
 2. Power actions are answered only after authentication, and the answer is what the backend
    proved (see ``xvmd.operations``).
 3. Every request that reaches the TCP phase ends in exactly one log line: requester, op,
@@ -15,17 +16,19 @@ import asyncio
 import logging
 import os
 from collections import Counter, deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .audit import AuditLog, now_fields
 from .backend import BackendError
 from .executor import BackendRunner, Deadline
+from .intake import KEPT, Drop, Intake, Proceed, target
 from .net import tcp
 from .policy import Gate, Policy, Refused, quorum_gate
 from .protocol.auth import Key, Rejected, check_datagram, verify_request
-from .protocol.history import Admission, History
+from .protocol.challenges import IssuedChallenges
+from .protocol.history import History
 from .protocol.session import STREAM_REQUEST_TIMEOUT, ServerSession
 from .protocol.wire import (
     CHALLENGE_SIZE,
@@ -44,7 +47,6 @@ reqlog = logging.getLogger("xvmd.request")
 
 WRITE_TIMEOUT = 10.0
 RECENT = 100  # requests kept for `xvmd status`
-BUSY_LOG_INTERVAL = 10.0
 
 
 @dataclass
@@ -62,6 +64,16 @@ class Auth:
     auth: HashType
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Session quotas: multicast callbacks and TCP listener clients never share a budget."""
+
+    max_sessions: int = 128  # connect-back sessions in all
+    per_callback: int = 4  # ... to one callback address and port (a stock client takes one)
+    max_stream: int = 32  # TCP listener clients in all
+    per_peer: int = 4  # ... from one peer address
+
+
 class FenceService:
     def __init__(
         self,
@@ -69,7 +81,7 @@ class FenceService:
         policy: Policy,
         runner: BackendRunner,
         *,
-        max_sessions: int = 128,
+        limits: Limits = Limits(),
         now: Callable[[], float] | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
         quorum: Callable[[], QuorumStatus] | None = None,
@@ -80,24 +92,37 @@ class FenceService:
         # Swapped whole on reload; each request keeps the policy it started with.
         self.policy = policy
         self.runner = runner
-        self.history = History()
+        self.intake = Intake(
+            auth=auth.auth,
+            max_sessions=limits.max_sessions,
+            per_callback=limits.per_callback,
+            max_stream=limits.max_stream,
+            per_peer=limits.per_peer,
+        )
+        self.challenges = IssuedChallenges()
         self.stats = Stats()
-        self.max_sessions = max_sessions
         self._now = now or asyncio.get_event_loop().time
         self._random = random_bytes
         self._tasks: set[asyncio.Task[None]] = set()
-        # Tasks holding a session slot: taken at the start, given back once the answer is out.
-        self._slots: set[asyncio.Task[Any]] = set()
-        self._busy_logged = float("-inf")
         self._quorum = quorum  # None: --local, no quorum checks
-        self._gate_logged: dict[tuple[int, int, str], float] = {}
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self.audit = audit
         self._background: set[asyncio.Task[None]] = set()
 
     @property
+    def history(self) -> History:
+        return self.intake.history
+
+    @property
+    def max_sessions(self) -> int:
+        return self.intake.sessions.total
+
+    @property
     def active_sessions(self) -> int:
-        return len(self._slots)
+        return self.intake.sessions.used + self.intake.streams.used
+
+    def _status(self) -> QuorumStatus | None:
+        return self._quorum() if self._quorum else None
 
     # -- datagrams ------------------------------------------------------------------------------
 
@@ -118,80 +143,48 @@ class FenceService:
             self.stats.drop(exc.reason)
             log.debug("dropped datagram from %s: %s", source[0], exc)
             return
-        if req.callback is None:
-            self.stats.drop("no-callback")
-            log.debug("dropped request from %s: it names no callback address", source[0])
+        verdict = self.intake.datagram(req, key, policy, self._status(), self._now())
+        if isinstance(verdict, Drop):
+            self._dropped(verdict, req, req.address or source[0])
             return
+        task = asyncio.create_task(self._serve_datagram(req, verdict, policy))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _dropped(self, drop: Drop, req: FenceRequest | None, who: str) -> None:
+        if drop is KEPT:
+            log.debug("copy of a pending request from %s kept as an alternate callback", who)
+            return
+        self.stats.drop(drop.reason)
+        self._report(drop, req, who)
+
+    def _report(self, drop: Drop, req: FenceRequest | None, who: str) -> None:
+        if drop.message is not None:
+            log.log(drop.level, "%s", drop.message)
+        if drop.record and req is not None:
+            self._audit_later(self._remember(who, req, "dropped", drop.detail))
+
+    def log_summaries(self) -> None:
+        """Housekeeping: requests refused as a whole, and the counts kept out of the log."""
         now = self._now()
-        gate, why = self._gate(req.op)
-        if gate is Gate.DROP:
-            # Not recorded: once quorum is back, the client's retransmit is served.
-            self._drop_inquorate(req, why, now)
-            return
-        admission = self.history.admit(req, now)
-        if admission is Admission.DUPLICATE:
-            self.stats.drop("duplicate")
-            # The first copy is news to an operator; a replay storm must not flood the log.
-            level = logging.INFO if self.history.copies(req) <= 1 else logging.DEBUG
-            log.log(
-                level,
-                "duplicate %s %s seqno %d from %s dropped (already handled)",
-                req.op.label,
-                _target(req),
-                req.seqno,
-                req.address,
-            )
-            return
-        if admission is Admission.ALTERNATE:
-            log.debug(
-                "copy of pending %s seqno %d via %s kept", req.op.label, req.seqno, req.address
-            )
-            return
-        if len(self._slots) >= self.max_sessions:
-            self.history.forget(req)
-            self.stats.drop("busy")
-            if now - self._busy_logged >= BUSY_LOG_INTERVAL:
-                self._busy_logged = now
-                log.warning(
-                    "too busy (%d sessions): dropping requests, clients will retransmit "
-                    "(latest: %s %s from %s)",
-                    len(self._slots),
-                    req.op.label,
-                    _target(req),
-                    req.address,
-                )
-            return
-        self._spawn(self._serve_datagram(req, key, policy))
-
-    def _gate(self, op: Op) -> tuple[Gate, str]:
-        return quorum_gate(op, self._quorum() if self._quorum else None)
-
-    def _drop_inquorate(self, req: FenceRequest, why: str, now: float) -> None:
-        """Count the drop; log and audit it once per request, not once per retransmit."""
-        self.stats.drop("inquorate")
-        key = (int(req.op), req.seqno, req.domain.casefold())
-        if now - self._gate_logged.get(key, float("-inf")) < 10.0:
-            return
-        if len(self._gate_logged) > 1024:
-            self._gate_logged.clear()
-        self._gate_logged[key] = now
-        log.warning(
-            "%s %s from %s dropped without answer: %s", req.op.label, _target(req), req.address, why
-        )
-        self._audit_later(self._remember(req.address or "?", req, None, "dropped", why, 0.0, ""))
+        for req, drop in self.intake.overdue(now):
+            self._report(drop, req, req.address or "?")
+        for line in self.intake.summaries(now):
+            log.warning("%s", line)
 
     def _remember(
         self,
         who: str,
         req: FenceRequest,
-        device: str | None,
         result: str,
         detail: str,
-        ms: float,
-        domain: str,
+        *,
+        device: str | None = None,
+        ms: float = 0.0,
+        domain: str = "",
     ) -> dict[str, Any]:
         """Keep the request for ``xvmd status``; the same record goes to the audit trail."""
-        quorum = self._quorum() if self._quorum else None
+        quorum = self._status()
         entry: dict[str, Any] = {
             **now_fields(),
             "requester": who,
@@ -217,55 +210,41 @@ class FenceService:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    def _release(self) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._slots.discard(task)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        self._slots.add(task)
-        task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(self._slots.discard)
-
-    async def _serve_datagram(self, req: FenceRequest, key: Key | None, policy: Policy) -> None:
+    async def _serve_datagram(self, req: FenceRequest, ok: Proceed, policy: Policy) -> None:
         started = self._now()
         candidate: FenceRequest | None = req
-        while candidate is not None:
-            assert candidate.callback is not None
-            address, port = candidate.callback
-            try:
-                channel = await tcp.connect_back(address, port)
-            except tcp.CallbackFailed as exc:
-                log.warning(
-                    "cannot call back %s port %d for %s %s: %s",
-                    address,
-                    port,
-                    req.op.label,
-                    _target(req),
-                    exc,
-                )
-                candidate = self.history.next_alternate(req)
-                continue
-            self.history.record(req, self._now())
-            await self._serve_session(candidate, key, policy, channel, started)
-            return
-        self.history.forget(req)
-        self.stats.drop("callback-failed")
+        try:
+            while candidate is not None:
+                assert candidate.callback is not None
+                address, port = candidate.callback
+                try:
+                    channel = await tcp.connect_back(address, port)
+                except tcp.CallbackFailed as exc:
+                    line = self.intake.callback_failed(req, address, port, str(exc), self._now())
+                    if line is not None:
+                        log.warning("%s", line)
+                    candidate = self.history.next_alternate(req)
+                    continue
+                self.intake.connected(req, self._now())
+                await self._serve_session(candidate, ok, policy, channel, started, address)
+                return
+            self.intake.all_callbacks_failed(req, self._now())
+            self.stats.drop("callback-failed")
+        finally:
+            ok.ticket.release()
 
     # -- the TCP listener (fence_virt -T) ------------------------------------------------------
 
     async def stream_client(self, channel: tcp.Channel) -> None:
-        peer = channel.peer
-        if len(self._slots) >= self.max_sessions:
-            self.stats.drop("busy")
+        peer = channel.peer[0]
+        ticket = self.intake.open_stream(peer, self._now())
+        if isinstance(ticket, Drop):
+            self._dropped(ticket, None, peer)
             channel.abort()
             return
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        self._slots.add(task)
         try:
             started = self._now()
             policy = self.policy
@@ -279,88 +258,95 @@ class FenceService:
                 key = verify_request(req, self.auth.hash, policy.keys)
             except (MalformedRequest, Rejected) as exc:
                 self.stats.drop(exc.reason)
-                log.info("dropped TCP request from %s: %s", peer[0], exc)
+                log.info("dropped TCP request from %s: %s", peer, exc)
                 channel.abort()
                 return
-            gate, why = self._gate(req.op)
-            if gate is Gate.DROP:
-                self._drop_inquorate(req, why, self._now())
+            now = self._now()
+            verdict = self.intake.stream(req, key, policy, self._status(), now, peer, ticket)
+            if isinstance(verdict, Drop):
+                self._dropped(verdict, req, peer)
                 channel.abort()
                 return
-            await self._serve_session(req, key, policy, channel, started, requester=peer[0])
+            await self._serve_session(req, verdict, policy, channel, started, peer)
         finally:
+            ticket.release()
             self._tasks.discard(task)
-            self._slots.discard(task)
 
     # -- common ---------------------------------------------------------------------------------
+
+    async def _authenticate(
+        self, req: FenceRequest, ok: Proceed, channel: tcp.Channel, who: str
+    ) -> ServerSession | None:
+        """The challenge-response; None (after logging and counting) when it failed."""
+        session = ServerSession(
+            auth=self.auth.auth,
+            key=ok.session_key,
+            challenge=self._random(CHALLENGE_SIZE),
+            now=self._now(),
+            issued=self.challenges,
+        )
+        if await channel.authenticate(session):
+            return session
+        await channel.finish(session, WRITE_TIMEOUT)
+        failure = session.failure or ""
+        drop = self.intake.auth_failed(req, who, failure, session.reflected, self._now())
+        self._dropped(drop, req, who)
+        return None
 
     async def _serve_session(
         self,
         req: FenceRequest,
-        key: Key | None,
+        ok: Proceed,
         policy: Policy,
         channel: tcp.Channel,
         started: float,
-        requester: str | None = None,
+        who: str,
     ) -> None:
-        who = requester or req.address or "?"
-        if key is None and self.auth.auth is not HashType.NONE:
-            # An unsigned request accepted under --hash none, but no key to answer challenges.
-            log.warning(
-                "%s %s from %s not served: no key loaded for --auth %s",
-                req.op.label,
-                _target(req),
-                who,
-                self.auth.auth.label,
-            )
-            channel.abort()
-            return
-        session = ServerSession(
-            auth=self.auth.auth,
-            key=key,
-            challenge=self._random(CHALLENGE_SIZE),
-            now=self._now(),
-        )
-        if not await channel.authenticate(session):
-            self.stats.drop("auth-failed")
-            log.warning(
-                "%s %s from %s not served: authentication failed: %s",
-                req.op.label,
-                _target(req),
-                who,
-                session.failure,
-            )
-            await channel.finish(session, WRITE_TIMEOUT)
-            self._audit_later(
-                self._remember(who, req, None, "auth-failed", session.failure or "", 0.0, "")
-            )
+        session = await self._authenticate(req, ok, channel, who)
+        if session is None:
             return
         deadline = self._now() + self.runner.budget_for(req.op)
-        scope = policy.scope_for(key)
+        scope = policy.scope_for(ok.scope_key)
         device = scope.device if scope is not None else None
-        gate, why = self._gate(req.op)
+        gate, why = quorum_gate(req.op, self._status())
         if gate is Gate.DROP:
             # Quorum was lost during the handshake: we may not act, and must not claim anything.
             channel.abort()
             self.stats.drop("inquorate")
-            log.warning("%s %s from %s: no answer sent: %s", req.op.label, _target(req), who, why)
-            self._audit_later(self._remember(who, req, device, "dropped", why, 0.0, ""))
+            log.warning("%s %s from %s: no answer sent: %s", req.op.label, target(req), who, why)
+            self._audit_later(self._remember(who, req, "dropped", why, device=device))
             return
         if gate is Gate.FAIL:
             session.send_result(Result.FAIL)
             result, detail, domain = Result.FAIL, why, ""
         else:
-            result, detail, domain = await self._act(req, who, key, policy, session, deadline)
+            result, detail, domain = await self._act(
+                req, who, ok.scope_key, policy, session, deadline
+            )
         elapsed = (self._now() - started) * 1000
-        entry = self._remember(who, req, device, result.label, detail, elapsed, domain)
+        entry = self._remember(
+            who, req, result.label, detail, device=device, ms=elapsed, domain=domain
+        )
         if self.audit is not None:
             # Before the result byte leaves: whoever heard "done" can find the record.
             await self.audit.record(entry, durable=req.op.is_power_action)
         await channel.finish(session, WRITE_TIMEOUT)
         # Released only once the connection is closed: a client that stops reading holds its
-        # slot (for WRITE_TIMEOUT at most), so stalled readers never exceed max_sessions.
-        self._release()
+        # place (for WRITE_TIMEOUT at most), so stalled readers never exceed the quota.
+        ok.ticket.release()
         self.stats.served[result.label] += 1
+        self._log_request(req, who, device, result, elapsed, detail, domain)
+
+    def _log_request(
+        self,
+        req: FenceRequest,
+        who: str,
+        device: str | None,
+        result: Result,
+        elapsed: float,
+        detail: str,
+        domain: str,
+    ) -> None:
         mapped = f" (domain {domain})" if domain else ""
         if device is not None:
             who = f"{who} [{device}]"
@@ -371,7 +357,7 @@ class FenceService:
             "%s %s %s%s -> %s in %.0f ms: %s",
             who,
             req.op.label,
-            _target(req),
+            target(req),
             mapped,
             result.label,
             elapsed,
@@ -407,7 +393,7 @@ class FenceService:
             shown = policy.hostlist(key, records)
             session.send_hostlist(shown)
             return Result.SUCCESS, f"{len(shown)} of {len(records)} domains", ""
-        allowed = None
+        allowed, exact, uuid_only = None, False, False
         target = req.domain
         if req.op.needs_domain:
             mapped = policy.map(key, req.domain)
@@ -415,7 +401,10 @@ class FenceService:
                 session.send_result(Result.PERM)
                 return Result.PERM, mapped.reason, ""
             target, allowed = mapped.domain, mapped.allows
-        outcome = await self.runner.fence(req.op, target, deadline, allowed)
+            exact, uuid_only = mapped.exact, mapped.uuid_only
+        outcome = await self.runner.fence(
+            req.op, target, deadline, allowed, exact=exact, uuid_only=uuid_only
+        )
         session.send_result(outcome.result)
         domain = outcome.domain.name if outcome.domain is not None else target
         return outcome.result, outcome.detail, domain if domain != req.domain else ""
@@ -427,7 +416,3 @@ class FenceService:
             return 0
         _, still = await asyncio.wait(pending, timeout=timeout)
         return len(still)
-
-
-def _target(req: FenceRequest) -> str:
-    return repr(req.domain) if req.domain else "-"

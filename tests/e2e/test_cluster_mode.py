@@ -142,15 +142,16 @@ def test_no_quorum_provider_refuses_power_actions(lab: Lab, tmp_path: Path) -> N
     assert "QUORUM_FREE" in status(node).stdout
 
 
-def test_requester_that_is_no_cluster_node_gets_permission_denied(lab: Lab, tmp_path: Path) -> None:
+def test_requester_that_is_no_cluster_node_gets_no_callback(lab: Lab, tmp_path: Path) -> None:
     node = lab.node("h1")
     node.start_corosync(corosync_conf(tmp_path / "h1", [(1, "127.0.0.1")], name="hosts"))
     conf = guest_cluster(tmp_path / "guests", 1, requester="127.0.0.9")
     d = start_xvmd(node, conf, "xvm-host1")
     eventually(lambda: status(node).rc == 0, timeout=10)
     res = xvm(node, conf.parent / "host1.key", "-t", "5", "-o", "off", "-H", "node1")
-    assert res.rc == 3 and "Permission denied" in res.output
-    assert d.wait_for_log("requester 127.0.0.1 is no node of cluster 'guests'")
+    assert res.rc == 1 and "Timed out waiting for response" in res.output, res.output
+    assert d.wait_for_log("requester 127.0.0.1 is no node of cluster 'guests'", timeout=10)
+    assert "not-a-node" in status(node).stdout
 
 
 def test_isolated_host_stops_fencing_while_the_others_serve(lab: Lab, tmp_path: Path) -> None:

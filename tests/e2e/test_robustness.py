@@ -14,6 +14,7 @@ from tests.e2e.conftest import XvmdFactory
 from tests.support import pyclient
 from tests.support.harness import Netns, fence_xvm, run_xvmd_once
 from xvmd.protocol.auth import Key
+from xvmd.protocol.history import CALLBACK_BACKOFF
 from xvmd.protocol.wire import HashType, Op
 
 pytestmark = pytest.mark.e2e
@@ -101,7 +102,12 @@ def _failed_callback_scenario(port: int, key_bytes: bytes) -> tuple[bool, int | 
     lst = pyclient.callback_listener()
     import time
 
-    time.sleep(0.5)
+    time.sleep(0.3)
+    # A copy right after the failure is not called back (the back-off after a failed callback)
+    early = pyclient.build(Op.STATUS, "vm-12", key, port=lst.getsockname()[1], seqno=777)
+    assert not pyclient.request(early, ("127.0.0.1", port), lst, key, wait=0.3).connected
+    time.sleep(CALLBACK_BACKOFF)
+    # ... the client's next retransmit (2 s later by default) is.
     retry = pyclient.build(Op.STATUS, "vm-12", key, port=lst.getsockname()[1], seqno=777)
     reply = pyclient.request(retry, ("127.0.0.1", port), lst, key)
     return reply.connected, reply.result

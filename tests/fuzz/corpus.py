@@ -152,7 +152,8 @@ def oracle(data: bytes, minimum: int, keys: Sequence[Key]) -> tuple[Key | None, 
 
     A request is accepted when its hash type is known and at least ``minimum``, and (unless it
     is unsigned) its 64-byte hash field is ``pad64(H(key || data[:112] || 64 zero bytes))`` for
-    one of the non-empty keys; the first such key is the one the session uses.
+    one of the non-empty keys; the first such key is the one the session uses. An unsigned
+    request proves no key (None): which key may answer its challenge is the service's choice.
     """
     ht = data[1]
     if ht > 3:
@@ -160,7 +161,7 @@ def oracle(data: bytes, minimum: int, keys: Sequence[Key]) -> tuple[Key | None, 
     if ht < minimum:
         return None, "weak-hash"
     if ht == 0:
-        return (keys[0] if keys else None), None
+        return None, None
     usable = [k for k in keys if k.data]
     if not usable:
         return None, "no-key"

@@ -36,6 +36,7 @@ from xvmd.net import tcp
 from xvmd.operations import Clock
 from xvmd.policy import Policy
 from xvmd.protocol.auth import Key
+from xvmd.protocol.history import CALLBACK_BACKOFF
 from xvmd.protocol.session import Phase, ServerSession
 from xvmd.protocol.wire import CHALLENGE_SIZE, HashType, MalformedRequest, Op
 from xvmd.protocol.wire import parse_request as parse
@@ -166,8 +167,12 @@ async def _datagrams(n: int, rng: random.Random, report: Report) -> None:
             if i % 1000 == 999:
                 await asyncio.sleep(0)
                 await asyncio.sleep(0)
-                if len(service.history) > 2 * service.max_sessions:
-                    raise AssertionError(f"history grew to {len(service.history)}")
+                # Failed callbacks back off for a second: bounded by time, not by sessions.
+                history = service.history
+                if len(history) - history.backing_off > 2 * service.max_sessions:
+                    raise AssertionError(f"history grew to {len(history)}")
+                if history.backing_off > history.max_entries:
+                    raise AssertionError(f"{history.backing_off} requests backing off")
         for _ in range(100):
             if not service._tasks:
                 break
@@ -177,6 +182,8 @@ async def _datagrams(n: int, rng: random.Random, report: Report) -> None:
     report.callbacks = attempts
     report.backend_calls += len(backend.calls)
     report.dropped.update(drops)
+    # What a failed callback leaves is a one-second back-off; once over, nothing may remain.
+    service.history.expire(time.monotonic() + CALLBACK_BACKOFF)
     report.history_left = len(service.history)
     report.sessions_left = len(service._tasks)
     service.runner.shutdown()

@@ -4,8 +4,10 @@ Properties, for any sequence, any window and any ``max_entries``:
 - size: at most ``max_entries`` pending and as many recorded keys;
 - safety: a request recorded less than ``window`` ago, and not pushed out by ``max_entries``
   newer records, is a DUPLICATE (a retransmit never fences twice);
-- liveness: a request that is neither pending nor recorded within the window is NEW (a client
-  whose callback failed, or was dropped as busy, is served on its retransmit);
+- liveness: a request that is neither pending nor recorded within the window, nor a power action
+  handled before, nor backing off after a failed callback, is NEW (a client whose callback
+  failed, or was dropped as busy, is served on its retransmit);
+- a power action handled before, arriving after the window, is REPLAYED, never NEW;
 - alternates come back in arrival order, each once, never with a callback already tried.
 """
 
@@ -18,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.fuzz.corpus import fuzz_settings
-from xvmd.protocol.history import Admission, History
+from xvmd.protocol.history import CALLBACK_BACKOFF, Admission, History
 from xvmd.protocol.wire import FenceRequest, HashType, Op
 
 Callback = tuple[str, int] | None
@@ -51,7 +53,9 @@ requests = st.builds(
 )
 steps = st.lists(
     st.tuples(
-        st.sampled_from(["admit", "admit", "admit", "record", "forget", "alternate", "advance"]),
+        st.sampled_from(
+            ["admit", "admit", "admit", "record", "forget", "fail", "alternate", "advance"]
+        ),
         requests,
         st.floats(0, 15, allow_nan=False),
     ),
@@ -75,6 +79,7 @@ class Facts:
     tried: dict[tuple[int, int, str], list[Callback]] = field(default_factory=dict)
     alternates: dict[tuple[int, int, str], list[FenceRequest]] = field(default_factory=dict)
     news_after: dict[tuple[int, int, str], set[tuple[int, int, str]]] = field(default_factory=dict)
+    failed_until: dict[tuple[int, int, str], float] = field(default_factory=dict)
 
 
 @fuzz_settings(1000)
@@ -93,11 +98,16 @@ def test_history_stays_bounded_safe_and_live(
             got = h.admit(req, now)
             at = f.recorded_at.get(k)
             fresh = at is not None and at > now - window
+            done = req.op.is_power_action and at is not None  # the test spans < an hour
+            backing = f.failed_until.get(k, float("-inf")) > now
             if fresh and len(f.records_after[k]) < max_entries:
                 assert got is Admission.DUPLICATE  # safety
-            if k not in f.pending and not fresh:
+            elif done:
+                assert got is Admission.REPLAYED  # a replay is never acted on again
+            if k not in f.pending and not fresh and not done and not backing:
                 assert got is Admission.NEW  # liveness
             if got is Admission.NEW:
+                assert not done
                 assert not fresh or len(f.records_after[k]) >= max_entries
                 for other in f.news_after.values():
                     other.add(k)
@@ -109,9 +119,12 @@ def test_history_stays_bounded_safe_and_live(
                 assert k in f.pending and req.callback not in f.tried[k]
                 f.tried[k].append(req.callback)
                 f.alternates[k].append(req)
-            else:
-                assert got is Admission.DUPLICATE
+            elif got is Admission.BACKOFF:
+                assert backing
+            elif got is Admission.DUPLICATE:
                 assert fresh or (k in f.pending and req.callback in f.tried.get(k, []))
+            else:
+                assert got is Admission.REPLAYED and done
         elif what == "record":
             h.record(req, now)
             for other in f.records_after.values():
@@ -124,6 +137,11 @@ def test_history_stays_bounded_safe_and_live(
             h.forget(req)
             f.pending.discard(k)
             f.alternates.pop(k, None)
+        elif what == "fail":
+            h.failed(req, now)
+            f.pending.discard(k)
+            f.alternates.pop(k, None)
+            f.failed_until[k] = now + CALLBACK_BACKOFF
         else:
             alt = h.next_alternate(req)
             queued = f.alternates.get(k, [])
@@ -135,12 +153,12 @@ def test_history_stays_bounded_safe_and_live(
                 queued.clear()
         assert len(h._pending) <= max_entries
         assert len(h._recorded) <= max_entries
-        assert len(h) <= 2 * max_entries
+        assert len(h) <= 3 * max_entries
 
 
 def test_duplicate_window_boundary_is_exact() -> None:
     h = History(window=10.0)
-    req = request(Op.OFF, 7, "vm", ("127.0.0.1", 1))
+    req = request(Op.STATUS, 7, "vm", ("127.0.0.1", 1))
     assert h.admit(req, 0.0) is Admission.NEW
     h.record(req, 0.0)
     assert h.admit(req, 9.999) is Admission.DUPLICATE

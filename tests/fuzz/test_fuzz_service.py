@@ -37,22 +37,23 @@ from xvmd.executor import BackendRunner
 from xvmd.net import tcp
 from xvmd.operations import Clock
 from xvmd.policy import Policy
+from xvmd.protocol.history import CALLBACK_BACKOFF
 from xvmd.protocol.session import STREAM_REQUEST_TIMEOUT
 from xvmd.protocol.wire import CHALLENGE_SIZE, REQUEST_SIZE, HashType, Op
-from xvmd.service import Auth, FenceService
+from xvmd.service import Auth, FenceService, Limits
 
 VM = DomainInfo("vm-01", "00000000-0000-4000-8000-000000000001", DomainState.RUNNING)
 FORGED_REASONS = {"size", "hashtype", "weak-hash", "no-key", "bad-signature"}
 
 
-def make_service(max_sessions: int = 64) -> tuple[FenceService, FakeBackend]:
+def make_service(max_sessions: int = 64, **limits: int) -> tuple[FenceService, FakeBackend]:
     backend = FakeBackend([VM])
     runner = BackendRunner(backend, Clock(time.monotonic, time.sleep), workers=2)
     service = FenceService(
         Auth(HashType.SHA256, HashType.SHA256),
         Policy.unrestricted([KEY]),
         runner,
-        max_sessions=max_sessions,
+        limits=Limits(max_sessions=max_sessions, **limits),
         now=time.monotonic,
     )
     return service, backend
@@ -191,7 +192,9 @@ def test_forged_datagrams_do_not_change_how_genuine_ones_are_handled(
             callbacks.gate.set()
             await settle(service)
         assert backend.calls == []
-        assert len(service.history) == 0  # every failed callback was forgotten
+        # Every failed callback backs off for a moment, then is forgotten.
+        service.history.expire(time.monotonic() + CALLBACK_BACKOFF)
+        assert len(service.history) == 0
         state["connects_total"] = list(callbacks.calls)
         state["dropped"] = Counter(service.stats.dropped)
         return state
@@ -214,7 +217,7 @@ def test_a_flood_of_stalled_genuine_requests_is_bounded_by_max_sessions() -> Non
 
     async def scenario() -> None:
         service, backend = make_service()
-        packets = [corpus.signed(Op.OFF, "vm-01", seqno=i, port=1000) for i in range(10_000)]
+        packets = [corpus.signed(Op.OFF, "vm-01", seqno=i, port=1000 + i) for i in range(10_000)]
         with recorded_callbacks() as callbacks:
             tracemalloc.start()
             try:
@@ -232,8 +235,32 @@ def test_a_flood_of_stalled_genuine_requests_is_bounded_by_max_sessions() -> Non
             assert grown < 2 * 1024 * 1024, grown  # 64 sessions' worth, not 10,000
             callbacks.gate.set()
             await settle(service)
-        assert len(service.history) == 0 and backend.calls == []
+        assert backend.calls == []
         assert service.stats.dropped["callback-failed"] == 64
+        service.history.expire(time.monotonic() + CALLBACK_BACKOFF)
+        assert len(service.history) == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_flood_to_one_callback_address_holds_only_its_own_quota() -> None:
+    """Sniffed requests naming one callback address and port (whose SYNs are dropped) take at
+    most ``per_callback`` sessions; a request calling back elsewhere is still served."""
+
+    async def scenario() -> None:
+        service, _ = make_service()
+        packets = [corpus.signed(Op.STATUS, "vm-01", seqno=i, port=1229) for i in range(600)]
+        with recorded_callbacks() as callbacks:
+            for p in packets:
+                service.datagram_received(p, ("127.0.0.1", 1))
+            assert service.active_sessions == Limits().per_callback
+            assert service.stats.dropped["callback-busy"] == 600 - Limits().per_callback
+            other = corpus.signed(Op.OFF, "vm-01", seqno=9999, port=4000)
+            service.datagram_received(other, ("127.0.0.1", 1))
+            await asyncio.sleep(0)
+            assert callbacks.calls[-1] == ("127.0.0.1", 4000)
+            callbacks.gate.set()
+            await settle(service)
 
     asyncio.run(scenario())
 
@@ -446,12 +473,12 @@ def test_a_correct_client_is_served_by_the_same_harness() -> None:
 
 
 def test_silent_listener_clients_are_cut_off_after_the_request_timeout() -> None:
-    """100 clients connect to the ``-T`` listener and send part of a request, then nothing: 64
-    get a session slot, the rest are refused as busy, and every connection is closed by xvmd
-    within STREAM_REQUEST_TIMEOUT (1 s), leaving no session behind."""
+    """100 clients connect to the ``-T`` listener and send part of a request, then nothing: 32
+    get a place (the listener's own quota), the rest are refused as busy, and every connection
+    is closed by xvmd within STREAM_REQUEST_TIMEOUT (1 s), leaving no session behind."""
 
     async def scenario() -> tuple[list[float], FenceService]:
-        service, backend = make_service()
+        service, backend = make_service(per_peer=1000)  # every client comes from 127.0.0.1
         server = await tcp.start_listener("127.0.0.1", 0, service.stream_client)
         port = server.sockets[0].getsockname()[1]
         loop = asyncio.get_running_loop()
@@ -475,6 +502,6 @@ def test_silent_listener_clients_are_cut_off_after_the_request_timeout() -> None
 
     ends, service = asyncio.run(scenario())
     assert max(ends) < STREAM_REQUEST_TIMEOUT + 1.0, max(ends)
-    assert service.stats.dropped["stream-incomplete"] == 64
-    assert service.stats.dropped["busy"] == 36
+    assert service.stats.dropped["stream-incomplete"] == Limits().max_stream
+    assert service.stats.dropped["listener-busy"] == 100 - Limits().max_stream
     assert service.active_sessions == 0

@@ -283,8 +283,10 @@ def test_backend_lost_after_lookup() -> None:
     """The hypervisor goes away between resolving the name and acting on it."""
 
     class Flaky(FakeBackend):
-        def lookup(self, target: str) -> DomainInfo:
-            info = super().lookup(target)
+        def lookup(
+            self, target: str, *, exact: bool = False, uuid_only: bool = False
+        ) -> DomainInfo:
+            info = super().lookup(target, exact=exact, uuid_only=uuid_only)
             self.available = False
             return info
 
@@ -312,3 +314,30 @@ def test_ambiguous_name_fails_instead_of_reporting_off() -> None:
         assert (await runner.fence(Op.STATUS, "DB", loop.time() + 5)).result is Result.SUCCESS
 
     run_with(backend, scenario)
+
+
+def test_lookup_mode_reaches_the_backend() -> None:
+    """cluster.conf mode asks for an exact (or UUID-only) match; --no-ccs keeps the loose one."""
+    twin = DomainInfo(UUID_A, UUID_B, S.RUNNING)  # named like domain a's UUID
+    backend = FakeBackend([DomainInfo("Web", UUID_A, S.RUNNING), twin])
+
+    async def scenario(runner: BackendRunner) -> None:
+        deadline = asyncio.get_running_loop().time() + 5
+        missing = await runner.fence(Op.OFF, "web", deadline, exact=True)
+        assert (missing.result, missing.detail) == (Result.FAIL, "no such domain")
+        assert (await runner.fence(Op.STATUS, "web", deadline, exact=True)).result is Result.OFF
+        twice = await runner.fence(Op.OFF, UUID_A, deadline, exact=True)
+        assert twice.result is Result.FAIL and "is ambiguous" in twice.detail
+        assert not called(backend, "destroy")
+        by_uuid = await runner.fence(Op.OFF, UUID_A, deadline, exact=True, uuid_only=True)
+        assert by_uuid.result is Result.SUCCESS
+        assert called(backend, "destroy") == [UUID_A]
+        loose = await runner.fence(Op.STATUS, "web", deadline)  # --no-ccs: case-insensitive
+        assert loose.result is Result.OFF and loose.domain is not None
+        assert loose.domain.uuid == UUID_A
+
+    run_with(backend, scenario)
+
+
+def called(backend: FakeBackend, name: str) -> list[str]:
+    return [arg for call, arg in backend.calls if call == name]

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from xvmd.protocol.history import DUPLICATE_WINDOW, Admission, History, request_key
+from xvmd.protocol.history import (
+    CALLBACK_BACKOFF,
+    DONE_WINDOW,
+    DUPLICATE_WINDOW,
+    Admission,
+    History,
+    request_key,
+)
 from xvmd.protocol.wire import FenceRequest, Op, encode_request, parse_request
 
 
@@ -66,7 +73,7 @@ def test_different_op_seqno_or_domain_is_new(other: FenceRequest) -> None:
 
 def test_new_again_after_window() -> None:
     h = History()
-    r = req()
+    r = req(op=Op.STATUS)  # a power action is remembered longer (below)
     h.admit(r, 100.0)
     h.record(r, 100.0)
     assert h.admit(r, 109.9) is Admission.DUPLICATE
@@ -76,7 +83,7 @@ def test_new_again_after_window() -> None:
 
 def test_window_counts_from_record_not_admit() -> None:
     h = History()
-    r = req()
+    r = req(op=Op.STATUS)  # a power action is remembered longer (below)
     h.admit(r, 0.0)
     h.record(r, 8.0)  # the callback took 8 s
     assert h.admit(r, 17.0) is Admission.DUPLICATE
@@ -85,7 +92,7 @@ def test_window_counts_from_record_not_admit() -> None:
 
 def test_entries_expire_independently() -> None:
     h = History()
-    a, b = req(seqno=1), req(seqno=2)
+    a, b = req(Op.STATUS, seqno=1), req(Op.STATUS, seqno=2)
     h.admit(a, 0.0)
     h.record(a, 0.0)
     h.admit(b, 5.0)
@@ -96,11 +103,69 @@ def test_entries_expire_independently() -> None:
 
 def test_custom_window() -> None:
     h = History(window=2.0)
-    r = req()
+    r = req(op=Op.STATUS)  # a power action is remembered longer (below)
     h.admit(r, 0.0)
     h.record(r, 0.0)
     assert h.admit(r, 1.9) is Admission.DUPLICATE
     assert h.admit(r, 2.1) is Admission.NEW
+
+
+@pytest.mark.parametrize("op", [Op.OFF, Op.ON, Op.REBOOT])
+def test_a_handled_power_action_is_a_replay_after_the_window_for_an_hour(op: Op) -> None:
+    h = History()
+    r = req(op)
+    h.admit(r, 0.0)
+    h.record(r, 0.0)
+    assert h.admit(r, 5.0) is Admission.DUPLICATE  # a retransmit or another interface's copy
+    # Later, any copy (here one captured on another interface) is a replay, not a new request.
+    assert h.admit(req(op, address="198.51.100.7"), 10.5) is Admission.REPLAYED
+    assert h.admit(r, DONE_WINDOW - 1) is Admission.REPLAYED
+    assert h.admit_stream(r, DONE_WINDOW - 1) is Admission.REPLAYED
+    assert h.done == 1
+    assert h.admit(r, DONE_WINDOW + 0.5) is Admission.NEW
+    assert h.done == 0
+
+
+def test_handled_power_actions_are_bounded() -> None:
+    h = History(max_done=3)
+    for seqno in range(10):
+        r = req(seqno=seqno)
+        h.admit(r, float(seqno))
+        h.record(r, float(seqno))
+    assert h.done == 3  # the oldest went first
+    assert h.admit(req(seqno=0), 20.0) is Admission.NEW
+    assert h.admit(req(seqno=9), 20.0) is Admission.REPLAYED
+
+
+def test_a_failed_callback_backs_off_then_the_retransmit_is_served() -> None:
+    h = History()
+    r = req()
+    assert h.admit(r, 0.0) is Admission.NEW
+    h.failed(r, 5.0)  # every copy's callback failed (5 s connect timeout)
+    assert h.admit(r, 5.1) is Admission.BACKOFF
+    assert h.admit(req(address="192.0.2.99"), 5.9) is Admission.BACKOFF
+    # The stock client retransmits every 2 s: its next copy is served.
+    assert h.admit(r, 5.0 + CALLBACK_BACKOFF + 0.01) is Admission.NEW
+    assert CALLBACK_BACKOFF < 2.0
+
+
+def test_back_off_entries_expire() -> None:
+    h = History()
+    for seqno in range(100):
+        h.admit(req(seqno=seqno), 0.0)
+        h.failed(req(seqno=seqno), 0.0)
+    assert len(h) == 100
+    h.expire(CALLBACK_BACKOFF + 0.1)
+    assert len(h) == 0
+
+
+def test_stream_requests_are_recorded_at_once() -> None:
+    h = History()
+    r = req(Op.STATUS)
+    assert h.admit_stream(r, 0.0) is Admission.NEW
+    assert h.admit_stream(r, 1.0) is Admission.DUPLICATE  # the same bytes on a second stream
+    assert h.admit(r, 2.0) is Admission.DUPLICATE  # ... or by multicast
+    assert h.admit_stream(r, 10.5) is Admission.NEW
 
 
 # -- pending requests and alternates ---------------------------------------------------------------
@@ -192,12 +257,12 @@ def test_max_entries_bound() -> None:
 def test_max_entries_bound_with_recorded_entries() -> None:
     h = History(max_entries=3)
     for i in range(10):
-        r = req(seqno=i)
+        r = req(Op.STATUS, seqno=i)
         h.admit(r, float(i) / 10)
         h.record(r, float(i) / 10)
         assert len(h) <= 3
-    assert h.admit(req(seqno=9), 1.0) is Admission.DUPLICATE
-    assert h.admit(req(seqno=6), 1.0) is Admission.NEW
+    assert h.admit(req(Op.STATUS, seqno=9), 1.0) is Admission.DUPLICATE
+    assert h.admit(req(Op.STATUS, seqno=6), 1.0) is Admission.NEW
 
 
 def test_max_entries_bound_mixed() -> None:
@@ -229,7 +294,7 @@ def test_pending_entry_does_not_extend_the_window_of_others() -> None:
     behind it stayed DUPLICATE long after their window."""
     h = History()
     pending = req(seqno=1)
-    done = req(seqno=2)
+    done = req(Op.STATUS, seqno=2)
     assert h.admit(pending, 0.0) is Admission.NEW  # its callback is still being attempted
     assert h.admit(done, 0.1) is Admission.NEW
     h.record(done, 0.2)

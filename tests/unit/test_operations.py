@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.fakes import ManualClock
-from xvmd.backend import BackendError, DomainInfo, DomainNotFound, DomainState
+from xvmd.backend import AmbiguousDomain, BackendError, DomainInfo, DomainNotFound, DomainState
 from xvmd.backend.fake import FakeBackend
 from xvmd.operations import CONFIRM_TIMEOUT, Clock, Outcome, host_records, perform, resolve
 from xvmd.protocol.wire import HostRecord, Op, Result
@@ -491,3 +491,72 @@ def test_libvirt_unreachable(tmp_path: Path) -> None:
         assert "unavailable" in out.detail
     finally:
         backend.close()
+
+
+# -- lookup modes (loose: --no-ccs; exact and UUID-only: cluster.conf), on both backends ----------
+
+CASE_FIXTURE = FIXTURE.parent / "domains-case.xml"
+U2 = "00000002-0000-4000-8000-5eed00000002"  # victim's UUID, and another domain's name
+SELF = "c0000005-0000-4000-8000-5eed00000005"  # a domain named after its own UUID
+CASE_DOMAINS = [  # the same domains as CASE_FIXTURE
+    DomainInfo("guest-1", "c0000001-0000-4000-8000-5eed00000001", S.RUNNING),
+    DomainInfo("Tenant-Web", "c0000002-0000-4000-8000-5eed00000002", S.RUNNING),
+    DomainInfo("victim", U2, S.RUNNING),
+    DomainInfo(U2, "c0000003-0000-4000-8000-5eed00000003", S.RUNNING),
+    DomainInfo(SELF, SELF, S.RUNNING),
+]
+LOOSE: dict[str, bool] = {}
+EXACT = {"exact": True}
+UUID_ONLY = {"uuid_only": True}
+
+
+@pytest.fixture(params=["fake", "libvirt"])
+def case_backend(request: pytest.FixtureRequest) -> Iterator[FakeBackend | LibvirtBackend]:
+    if request.param == "fake":
+        yield FakeBackend(CASE_DOMAINS)
+        return
+    backend = LibvirtBackend(f"test://{CASE_FIXTURE}")
+    yield backend
+    backend.close()
+
+
+@pytest.mark.parametrize(
+    ("target", "how", "expected"),
+    [
+        ("Tenant-Web", LOOSE, "Tenant-Web"),
+        ("tenant-web", LOOSE, "Tenant-Web"),  # --no-ccs: a unique case-insensitive match
+        (U2, LOOSE, "victim"),  # UUID form: by UUID
+        ("Tenant-Web", EXACT, "Tenant-Web"),
+        ("tenant-web", EXACT, None),  # never another tenant's VM that differs in case
+        (SELF, EXACT, SELF),  # its name and its UUID: one domain
+        (SELF.upper(), EXACT, SELF),  # by UUID in any case (names are exact)
+        ("c0000009-0000-4000-8000-5eed00000009", EXACT, None),
+        (U2, UUID_ONLY, "victim"),
+        (U2.upper(), UUID_ONLY, "victim"),
+        ("guest-1", UUID_ONLY, None),  # a name is no UUID
+    ],
+)
+def test_lookup_modes(
+    case_backend: FakeBackend | LibvirtBackend,
+    target: str,
+    how: dict[str, bool],
+    expected: str | None,
+) -> None:
+    found = resolve(case_backend, target, **how)
+    assert (found.name if found else None) == expected
+    if expected is None:
+        with pytest.raises(DomainNotFound):
+            case_backend.lookup(target, **how)
+
+
+def test_exact_lookup_refuses_a_name_and_a_uuid_of_two_domains(
+    case_backend: FakeBackend | LibvirtBackend,
+) -> None:
+    with pytest.raises(AmbiguousDomain) as info:
+        resolve(case_backend, U2, exact=True)  # ambiguous is an error, not "absent"
+    assert str(info.value) == (
+        f"VM '{U2}' is ambiguous: the name of domain {U2} and the UUID of domain victim"
+    )
+    assert isinstance(info.value, BackendError)
+    for d in CASE_DOMAINS:
+        assert case_backend.state(d.uuid) == d  # nothing was touched

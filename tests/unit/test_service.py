@@ -15,7 +15,7 @@ from xvmd.operations import Clock
 from xvmd.policy import Policy
 from xvmd.protocol.auth import Key, sign_request
 from xvmd.protocol.wire import HashType, Op
-from xvmd.service import Auth, FenceService
+from xvmd.service import Auth, FenceService, Limits
 
 KEY = Key(os.urandom(64))
 VM = DomainInfo("vm", "00000000-0000-4000-8000-000000000001", DomainState.RUNNING)
@@ -27,7 +27,7 @@ def make_service(max_sessions: int) -> FenceService:
         Auth(HashType.SHA256, HashType.SHA256),
         Policy.unrestricted([KEY]),
         runner,
-        max_sessions=max_sessions,
+        limits=Limits(max_sessions=max_sessions),
     )
 
 

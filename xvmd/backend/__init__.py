@@ -64,6 +64,10 @@ class DomainNotFound(BackendError):
     """No domain has that name or UUID."""
 
 
+class AmbiguousDomain(BackendError):
+    """The target names more than one domain: acting on either could hit the wrong guest."""
+
+
 class BackendUnavailable(BackendError):
     """The hypervisor cannot be reached right now; a reconnect is under way."""
 
@@ -79,8 +83,14 @@ class Backend(Protocol):
     def list_domains(self) -> list[DomainInfo]:
         """Every domain, active or not."""
 
-    def lookup(self, target: str) -> DomainInfo:
-        """Find a domain by UUID (when ``target`` looks like one) or name. Raises DomainNotFound."""
+    def lookup(self, target: str, *, exact: bool = False, uuid_only: bool = False) -> DomainInfo:
+        """Find one domain; raises DomainNotFound, or BackendError when ``target`` is ambiguous.
+
+        Default (no cluster.conf): by UUID when ``target`` has UUID form, else by exact name,
+        else by a unique case-insensitive name match. ``exact``: by exact name, and by UUID too
+        when ``target`` has UUID form; a name and a UUID naming two domains is ambiguous.
+        ``uuid_only``: by UUID alone (a ``target`` without UUID form finds nothing).
+        """
 
     def state(self, uuid: str) -> DomainInfo | None:
         """Current info, or None when the domain no longer exists (a destroyed transient one)."""

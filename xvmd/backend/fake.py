@@ -10,12 +10,32 @@ import threading
 import time
 from dataclasses import dataclass, replace
 
-from . import BackendError, BackendUnavailable, DomainInfo, DomainNotFound, DomainState, is_uuid
+from . import (
+    AmbiguousDomain,
+    BackendError,
+    BackendUnavailable,
+    DomainInfo,
+    DomainNotFound,
+    DomainState,
+    is_uuid,
+)
 
 
 @dataclass
 class FakeDomain:
     info: DomainInfo
+
+
+def _one_exact(target: str, named: FakeDomain | None, by_uuid: FakeDomain | None) -> DomainInfo:
+    if named is not None and by_uuid is not None and named is not by_uuid:
+        raise AmbiguousDomain(
+            f"VM {target!r} is ambiguous: the name of domain {named.info.name} "
+            f"and the UUID of domain {by_uuid.info.name}"
+        )
+    found = named or by_uuid
+    if found is None:
+        raise DomainNotFound(f"no domain named {target!r}")
+    return found.info
 
 
 class FakeBackend:
@@ -61,21 +81,26 @@ class FakeBackend:
         with self._lock:
             return [d.info for d in self._domains.values()]
 
-    def lookup(self, target: str) -> DomainInfo:
+    def lookup(self, target: str, *, exact: bool = False, uuid_only: bool = False) -> DomainInfo:
+        # The same rules as LibvirtBackend.lookup (see Backend.lookup).
         self._enter("lookup", target)
         with self._lock:
-            if is_uuid(target):
-                return self._get(target.lower()).info
-            for dom in self._domains.values():
-                if dom.info.name == target:
-                    return dom.info
-            hits = [
-                d for d in self._domains.values() if d.info.name.casefold() == target.casefold()
-            ]
+            by_uuid = self._domains.get(target.lower()) if is_uuid(target) else None
+            if uuid_only or (is_uuid(target) and not exact):
+                if by_uuid is None:
+                    raise DomainNotFound(f"no domain with uuid {target}")
+                return by_uuid.info
+            named = [d for d in self._domains.values() if d.info.name == target]
+            if exact:
+                return _one_exact(target, named[0] if named else None, by_uuid)
+            if named:
+                return named[0].info
+            folded = target.casefold()
+            hits = [d for d in self._domains.values() if d.info.name.casefold() == folded]
             if len(hits) == 1:
                 return hits[0].info
             if hits:
-                raise BackendError(f"{target!r} is ambiguous")
+                raise AmbiguousDomain(f"{target!r} is ambiguous")
         raise DomainNotFound(f"no domain named {target!r}")
 
     def state(self, uuid: str) -> DomainInfo | None:

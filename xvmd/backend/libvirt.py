@@ -19,7 +19,15 @@ from typing import Any, TypeVar
 
 import libvirt
 
-from . import BackendError, BackendUnavailable, DomainInfo, DomainNotFound, DomainState, is_uuid
+from . import (
+    AmbiguousDomain,
+    BackendError,
+    BackendUnavailable,
+    DomainInfo,
+    DomainNotFound,
+    DomainState,
+    is_uuid,
+)
 
 log = logging.getLogger("xvmd.libvirt")
 T = TypeVar("T")
@@ -49,6 +57,48 @@ def _is_connection_error(err: libvirt.libvirtError) -> bool:
 
 def _message(err: libvirt.libvirtError) -> str:
     return str(err.get_error_message() or err).strip()
+
+
+def _absent_as_none(find: Callable[[str], Any], key: str) -> Any:
+    """``find(key)``, or None when libvirt says there is no such domain."""
+    try:
+        return find(key)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+            raise
+        return None
+
+
+def _exact_match(conn: Any, target: str) -> Any:
+    """By exact name, and by UUID when ``target`` has UUID form; never a guess between two."""
+    named = _absent_as_none(conn.lookupByName, target)
+    with_uuid = _absent_as_none(conn.lookupByUUIDString, target) if is_uuid(target) else None
+    if named is not None and with_uuid is not None and named.UUIDString() != with_uuid.UUIDString():
+        raise AmbiguousDomain(
+            f"VM {target!r} is ambiguous: the name of domain {named.name()} "
+            f"and the UUID of domain {with_uuid.name()}"
+        )
+    found = named if named is not None else with_uuid
+    if found is None:
+        raise DomainNotFound(f"no domain named {target!r}")
+    return found
+
+
+def _loose_match(conn: Any, target: str) -> Any:
+    """Exact name, else the one domain whose name matches case-insensitively."""
+    named = _absent_as_none(conn.lookupByName, target)
+    if named is not None:
+        return named
+    # Cluster node names and VM names often differ only in case; accept a unique match.
+    wanted = target.casefold()
+    hits = [d for d in conn.listAllDomains(0) if d.name().casefold() == wanted]
+    if len(hits) == 1:
+        return hits[0]
+    if hits:
+        # Ambiguous is not "absent": answering OFF here could hide a running VM.
+        names = ", ".join(sorted(d.name() for d in hits))
+        raise AmbiguousDomain(f"{target!r} is ambiguous: matches {names}")
+    raise DomainNotFound(f"no domain named {target!r}")
 
 
 def shares_state_in_process(uri: str) -> bool:
@@ -214,25 +264,15 @@ class LibvirtBackend:
     def _domain(self, conn: Any, uuid: str) -> Any:
         return conn.lookupByUUIDString(uuid)
 
-    def lookup(self, target: str) -> DomainInfo:
+    def lookup(self, target: str, *, exact: bool = False, uuid_only: bool = False) -> DomainInfo:
         def run(conn: Any) -> DomainInfo:
-            if is_uuid(target):
+            if uuid_only or (is_uuid(target) and not exact):
+                if not is_uuid(target):
+                    raise DomainNotFound(f"{target!r} is no UUID")
                 return self._info(conn.lookupByUUIDString(target))
-            try:
-                return self._info(conn.lookupByName(target))
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                    raise
-            # Cluster node names and VM names often differ only in case; accept a unique match.
-            wanted = target.casefold()
-            hits = [d for d in conn.listAllDomains(0) if d.name().casefold() == wanted]
-            if len(hits) == 1:
-                return self._info(hits[0])
-            if hits:
-                # Ambiguous is not "absent": answering OFF here could hide a running VM.
-                names = ", ".join(sorted(d.name() for d in hits))
-                raise BackendError(f"{target!r} is ambiguous: matches {names}")
-            raise DomainNotFound(f"no domain named {target!r}")
+            if exact:
+                return self._info(_exact_match(conn, target))
+            return self._info(_loose_match(conn, target))
 
         return self._call(run)
 

@@ -94,8 +94,9 @@ def check_datagram(data: bytes, minimum: int, keys: Sequence[Key]) -> tuple[Key 
     what a flood brings is rejected here.
 
     Returns:
-        ``(key, None)`` when accepted (key None for an unsigned request under minimum NONE),
-        or ``(None, reason)`` with a short reason tag when rejected.
+        ``(key, None)`` when accepted, with the key whose signature matched (None for an
+        unsigned request under minimum NONE: no key is proven, the caller decides which key
+        may answer its challenge), or ``(None, reason)`` with a reason tag when rejected.
     """
     hashtype = data[1]
     if hashtype > 3:
@@ -103,7 +104,7 @@ def check_datagram(data: bytes, minimum: int, keys: Sequence[Key]) -> tuple[Key 
     if hashtype < minimum:
         return _REJECT_WEAK
     if hashtype == 0:
-        return (keys[0], None) if keys else _ACCEPTED_UNSIGNED
+        return _ACCEPTED_UNSIGNED
     # One copy of the signed part with the hash zeroed; the digest is compared in place.
     message = data[:HASH_OFFSET] + _ZERO_HASH
     size = _DIGEST_SIZE[hashtype]

@@ -1,4 +1,5 @@
-"""Duplicate suppression: the same op + seqno + domain within the window is one request.
+"""Duplicate suppression: the same op + seqno + domain within the window is one request, and a
+power action handled once is not handled again for an hour.
 
 Rules for this module:
 1. No I/O; the clock is an argument.
@@ -9,6 +10,14 @@ Rules for this module:
 3. Memory is bounded: at most ``max_entries`` recorded and as many pending keys, the oldest
    going first, and at most MAX_ALTERNATES callback addresses per pending key. Pending and
    recorded keys live apart, so a slow callback never delays expiry.
+4. When the callback failed for every copy, the request is not called back again for
+   CALLBACK_BACKOFF seconds: a replayed packet cannot turn into a connection attempt per copy,
+   and the stock client's retransmit (every 2 s by default) still gets through.
+5. A power action whose callback reached its client is remembered for DONE_WINDOW seconds
+   (at most ``max_done``): any copy arriving after the duplicate window, whichever interface it
+   was captured on, is a replay. An honest client draws a new seqno (microseconds of the clock)
+   for every run, so it would repeat one only by a one-in-a-million chance, and then the
+   cluster's retry (a new run) gets through.
 """
 
 from __future__ import annotations
@@ -20,6 +29,11 @@ from dataclasses import dataclass, field
 from .wire import FenceRequest
 
 DUPLICATE_WINDOW = 10.0
+CALLBACK_BACKOFF = 1.0
+"""Seconds a request whose callback failed is not called back again."""
+DONE_WINDOW = 3600.0
+"""Seconds a handled power action stays known, so that a replay of it is refused."""
+MAX_DONE = 16384
 MAX_ALTERNATES = 8
 """Callback addresses kept per pending request: the stock client sends one copy per local
 address, so a few; more would let one key holder grow memory and retry time without limit."""
@@ -32,6 +46,10 @@ class Admission(enum.Enum):
     """A copy of a pending request with another callback address: kept for a retry."""
     DUPLICATE = "duplicate"
     """Seen within the window (or a copy with a callback already tried): drop it."""
+    BACKOFF = "backoff"
+    """Its callback failed a moment ago: drop it until the back-off has passed."""
+    REPLAYED = "replayed"
+    """A power action handled earlier than the duplicate window: a replay, drop it."""
 
 
 RequestKey = tuple[int, int, str]
@@ -55,22 +73,54 @@ class _Recorded:
 
 
 class History:
-    def __init__(self, window: float = DUPLICATE_WINDOW, max_entries: int = 65536) -> None:
+    def __init__(
+        self,
+        window: float = DUPLICATE_WINDOW,
+        max_entries: int = 65536,
+        backoff: float = CALLBACK_BACKOFF,
+        done_window: float = DONE_WINDOW,
+        max_done: int = MAX_DONE,
+    ) -> None:
         self.window = window
         self.max_entries = max_entries
+        self.backoff = backoff
+        self.done_window = done_window
+        self.max_done = max_done
+        self._done: OrderedDict[RequestKey, float] = OrderedDict()  # power actions handled
         self._pending: OrderedDict[RequestKey, _Pending] = OrderedDict()
         self._recorded: OrderedDict[RequestKey, _Recorded] = OrderedDict()
+        self._failed: OrderedDict[RequestKey, float] = OrderedDict()  # key -> back-off end
 
     def __len__(self) -> int:
-        return len(self._pending) + len(self._recorded)
+        """Entries that expire within seconds (the hour-long memory of power actions aside)."""
+        return len(self._pending) + len(self._recorded) + len(self._failed)
+
+    @property
+    def done(self) -> int:
+        """Power actions remembered for replay refusal."""
+        return len(self._done)
+
+    @property
+    def backing_off(self) -> int:
+        """Requests whose callback failed a moment ago."""
+        return len(self._failed)
+
+    def knows(self, req: FenceRequest) -> bool:
+        """True when some copy of ``req`` is being or was handled (or its callback failed)."""
+        key = request_key(req)
+        return any(key in d for d in (self._pending, self._recorded, self._done, self._failed))
 
     def admit(self, req: FenceRequest, now: float) -> Admission:
-        self._purge(now)
+        self.expire(now)
         key = request_key(req)
         recorded = self._recorded.get(key)
         if recorded is not None:
             recorded.copies += 1
             return Admission.DUPLICATE
+        if key in self._done:
+            return Admission.REPLAYED
+        if key in self._failed:
+            return Admission.BACKOFF
         pending = self._pending.get(key)
         if pending is None:
             pending = _Pending()
@@ -107,12 +157,47 @@ class History:
         self._recorded[key] = _Recorded(now, pending.copies if pending else 0)
         if len(self._recorded) > self.max_entries:
             self._recorded.popitem(last=False)
+        if req.op.is_power_action:
+            self._done.pop(key, None)
+            self._done[key] = now
+            if len(self._done) > self.max_done:
+                self._done.popitem(last=False)
+
+    def admit_stream(self, req: FenceRequest, now: float) -> Admission:
+        """A request read from a TCP client: its connection is already there, so it is
+        recorded at once (NEW) or is a copy of one seen within the window (DUPLICATE)."""
+        self.expire(now)
+        key = request_key(req)
+        entry = self._recorded.get(key) or self._pending.get(key)
+        if entry is not None:
+            entry.copies += 1
+            return Admission.DUPLICATE
+        if key in self._done:
+            return Admission.REPLAYED
+        self.record(req, now)
+        return Admission.NEW
 
     def forget(self, req: FenceRequest) -> None:
-        """The callback failed for every copy: a retransmit must be served again."""
+        """The request was not handled (too busy): a retransmit must be served again."""
         self._pending.pop(request_key(req), None)
 
-    def _purge(self, now: float) -> None:
+    def failed(self, req: FenceRequest, now: float) -> None:
+        """The callback failed for every copy: retransmits are welcome after the back-off."""
+        key = request_key(req)
+        self._pending.pop(key, None)
+        self._failed.pop(key, None)
+        self._failed[key] = now + self.backoff
+        if len(self._failed) > self.max_entries:
+            self._failed.popitem(last=False)
+
+    def expire(self, now: float) -> None:
+        """Drop what has outlived its window (admissions do this themselves)."""
+        for entries, limit in ((self._done, now - self.done_window), (self._failed, now)):
+            while entries:
+                key, at = next(iter(entries.items()))
+                if at > limit:
+                    break
+                del entries[key]
         limit = now - self.window
         recorded = self._recorded
         while recorded:

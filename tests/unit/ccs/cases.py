@@ -147,6 +147,12 @@ CASES: tuple[Case, ...] = (
         'name="unresolvable-n2"',
         "'unresolvable-n2'",
     ),
+    Case(
+        Code.UUID_SHAPED_VM,
+        "warn-uuid-shaped-vm.conf",
+        'port="00000002-0000-4000-8000-00000000000a"',
+        "VM '00000002-0000-4000-8000-00000000000a' has the form of a UUID",
+    ),
 )
 
 

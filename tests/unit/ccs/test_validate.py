@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ccs import Cluster, Code, HostPlan, Issue
+from ccs import Cluster, Code, HostPlan, Issue, Severity
 from ccs.model import DeviceRef, frozen_attrs
 from ccs.parse import parse
 from ccs.validate import KeyState, NodeTarget, selected_devices, validate, vm_for
@@ -419,6 +419,98 @@ def test_conflicting_domain_only_for_two_different_vm_names() -> None:
     assert codes('port="va" domain="va"') == []
     assert codes('port="1229" domain="vb"') == []
     assert codes('port="1229"') == [Code.OLD_PORT]
+
+
+UUID_A = "00000002-0000-4000-8000-00000000000a"
+
+
+def test_uuid_shaped_vm_without_use_uuid_warns_at_the_device_entry() -> None:
+    upper = "6F2C0B1E-3D4A-4C5B-9E8F-0A1B2C3D4E5F"
+    cl = _cluster(
+        _nodes_xml(
+            _node("a", 1, 'name="x" port="va"'),
+            _node("b", 2, f'name="x" port="{UUID_A}"'),
+            _node("c", 3, f'name="x" domain="{upper}"'),  # any case
+            _node(UUID_A.replace("0a", "0c"), 4, 'name="x"'),  # the node name is the VM
+            devices=_xvm("x"),
+        )
+    )
+    plan, issues = _run(cl, _keys(cl))
+    refs = [n.methods[0].devices[0] for n in cl.nodes]
+    assert [(i.code, i.line, i.file) for i in issues] == [
+        (Code.UUID_SHAPED_VM, refs[1].line, CONF),
+        (Code.UUID_SHAPED_VM, refs[2].line, CONF),
+        (Code.UUID_SHAPED_VM, refs[3].line, CONF),
+    ]
+    assert all(i.severity is Severity.WARNING for i in issues)
+    assert issues[0].message == (
+        f"node 'b': VM '{UUID_A}' has the form of a UUID but use_uuid is not set; it will be "
+        "matched against domain names and UUIDs, and refused if they name different domains "
+        '(set use_uuid="1" if it is a UUID, or rename the VM)'
+    )
+    assert f"'{upper}'" in issues[1].message
+    # A warning: the targets are still planned, as written.
+    assert [(t.node, t.domain, t.use_uuid) for t in plan.devices[0].nodes][1:3] == [
+        ("b", UUID_A, False),
+        ("c", upper, False),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("ref", "device"),
+    [
+        (f'port="{UUID_A}" use_uuid="1"', ""),  # use_uuid on the <device> entry
+        (f'domain="{UUID_A}" use_uuid="yes"', ""),
+        (f'port="{UUID_A}"', 'use_uuid="1"'),  # use_uuid on the fencedevice
+        ('port="vm-b"', ""),  # ordinary names
+        ('port="web-01"', 'use_uuid="0"'),
+        (f'port="{{{UUID_A}}}"', ""),  # not the canonical form: braces,
+        (f'port="{UUID_A.replace("-", "")}"', ""),  # no dashes,
+        (f'port="{UUID_A[:-1]}"', ""),  # one digit short,
+        (f'port="{UUID_A}-b"', ""),  # trailing text,
+        (f'port="{UUID_A[:-1]}g"', ""),  # not hex
+    ],
+)
+def test_no_uuid_shaped_warning(ref: str, device: str) -> None:
+    cl = _cluster(
+        _nodes_xml(
+            _node("a", 1, 'name="x" port="va"'),
+            _node("b", 2, f'name="x" {ref}'),
+            devices=_xvm("x", device),
+        )
+    )
+    plan, issues = _run(cl, _keys(cl))
+    assert issues == [], [i.render() for i in issues]
+    assert len(plan.devices[0].nodes) == 2
+
+
+def test_use_uuid_0_on_the_device_entry_overrides_the_fencedevice_for_the_warning() -> None:
+    cl = _cluster(
+        _nodes_xml(
+            _node("a", 1, f'name="x" port="{UUID_A}" use_uuid="0"'),
+            devices=_xvm("x", 'use_uuid="1"'),
+        )
+    )
+    _, issues = _run(cl, _keys(cl))
+    assert [(i.code, i.line) for i in issues] == [
+        (Code.UUID_SHAPED_VM, cl.nodes[0].methods[0].devices[0].line)
+    ]
+
+
+def test_uuid_shaped_warning_is_per_served_device() -> None:
+    cl = _cluster(
+        _nodes_xml(
+            '<clusternode name="a" nodeid="1"><fence>'
+            f'<method name="1"><device name="x1" port="{UUID_A}"/></method>'
+            '<method name="2"><device name="x2" port="va"/></method>'
+            "</fence></clusternode>",
+            devices=_xvm("x1") + _xvm("x2"),
+        )
+    )
+    _, issues = _run(cl, _keys(cl))
+    assert [i.code for i in issues] == [Code.UUID_SHAPED_VM]
+    _, issues = _run(cl, _keys(cl), ["x2"])  # x1 not served here: not this host's VM
+    assert issues == []
 
 
 # --- structure -------------------------------------------------------------------------------
