@@ -13,6 +13,8 @@ import asyncio
 import json
 import logging
 import os
+import re
+import stat
 import threading
 import time
 from typing import Any
@@ -69,3 +71,68 @@ def now_fields() -> dict[str, Any]:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z",
         "epoch": round(t, 3),
     }
+
+
+POWER_OPS = frozenset({"off", "on", "reboot"})
+_EPOCH = re.compile(rb'"epoch":([0-9.]+)')
+_NOT_HANDLED = frozenset({"dropped"})  # refused before any connection was made
+
+
+def handled_power_actions(
+    path: str, since: float, max_bytes: int = 64 << 20, block: int = 1 << 20
+) -> list[tuple[float, str, int, str]]:
+    """``(epoch, op, seqno, target)`` of the power actions recorded since ``since`` that reached
+    their client, oldest first: what replay protection must still know after a restart.
+
+    Read backwards from the end, in blocks, at most ``max_bytes``; a missing, unreadable or
+    non-regular file (a FIFO must not hang start-up) gives nothing.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return []
+    out: list[tuple[float, str, int, str]] = []
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return []
+        pos, carry, budget = info.st_size, b"", max_bytes
+        while pos > 0 and budget > 0:
+            n = min(block, pos, budget)
+            pos, budget = pos - n, budget - n
+            lines = (os.pread(fd, n, pos) + carry).split(b"\n")
+            carry = lines.pop(0) if pos > 0 else b""  # may be cut: finished by the next block
+            if not _scan(reversed(lines), since, out):
+                break
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    out.reverse()
+    return out
+
+
+def _scan(lines: Any, since: float, out: list[tuple[float, str, int, str]]) -> bool:
+    """Collect handled power actions from ``lines`` (newest first); False once older than
+    ``since`` (records are appended in time order)."""
+    for line in lines:
+        m = _EPOCH.search(line)
+        if m is None:
+            continue
+        try:
+            epoch = float(m.group(1))
+        except ValueError:
+            continue
+        if epoch < since:
+            return False
+        if b'"op":"o' not in line and b'"op":"reboot"' not in line:
+            continue  # cheap filter before parsing: most records are status and monitor
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("op") in POWER_OPS:
+            if rec.get("result") in _NOT_HANDLED or not isinstance(rec.get("seqno"), int):
+                continue
+            out.append((epoch, str(rec["op"]), rec["seqno"], str(rec.get("target") or "")))
+    return True

@@ -19,7 +19,7 @@ from typing import Any
 from ccs.load import Snapshot
 
 from . import __version__, control, systemd
-from .audit import AuditError, AuditLog
+from .audit import AuditError, AuditLog, handled_power_actions
 from .backend import Backend
 from .executor import BackendRunner
 from .keys import KeyFileError, load_key
@@ -27,6 +27,7 @@ from .net import tcp, udp
 from .net.iface import InterfaceError, LinkWatcher, interface_index
 from .operations import Clock
 from .policy import Policy
+from .protocol.wire import Op
 from .quorum import QuorumSource
 from .reloader import Reloader
 from .service import Auth, FenceService, Limits
@@ -174,6 +175,8 @@ class Daemon:
             quorum=self.quorum.current if self.quorum is not None else None,
             audit=audit,
         )
+        if audit is not None:
+            _restore_replay_memory(service, audit.path, loop.time())
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         if self.snapshot is not None and self.settings.config is not None:
@@ -314,7 +317,7 @@ class Daemon:
                 "dropped": dict(service.stats.dropped) if service else {},
             },
             "active_sessions": service.active_sessions if service else 0,
-            "recent": list(service.recent) if service else [],
+            "recent": service.recent if service else [],
         }
 
     async def _housekeeping(self, runner: BackendRunner, service: FenceService) -> None:
@@ -350,6 +353,20 @@ async def _watchdog(interval: float | None) -> None:
     while True:
         systemd.watchdog()
         await asyncio.sleep(interval)
+
+
+def _restore_replay_memory(service: FenceService, path: str, now: float) -> None:
+    """Power actions handled within the last hour stay refused as replays across a restart."""
+    history = service.history
+    wall = time.time()
+    ops = {op.label: op for op in Op}
+    found = handled_power_actions(path, wall - history.done_window)
+    for epoch, label, seqno, target in found:
+        history.remember_done((int(ops[label]), seqno, target.casefold()), now - (wall - epoch))
+    if found:
+        log.info(
+            "replay protection: %d power actions of the last hour read from %s", len(found), path
+        )
 
 
 def _log_stats(service: FenceService, final: bool = False) -> None:

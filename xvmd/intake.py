@@ -69,13 +69,10 @@ class Drop:
     level: int = logging.DEBUG
     detail: str = ""  # with ``record``: why, for `xvmd status` and the audit trail
     record: bool = False
+    result: str = "dropped"  # the result recorded (auth failures: after a connection)
 
 
 KEPT = Drop("alternate")  # a copy kept for a retry of the callback: not counted as a drop
-
-
-def target(req: FenceRequest) -> str:
-    return repr(req.domain) if req.domain else "-"
 
 
 def callback_problem(address: str) -> str | None:
@@ -129,7 +126,7 @@ class Intake:
         address = req.callback[0]
         problem = callback_problem(address)
         if problem is not None:
-            why = f"{req.op.label} {target(req)}: callback to {problem} ({address}) refused"
+            why = f"{req.op.label} {req.shown_target}: callback to {problem} ({address}) refused"
             return self._quiet("bad-callback", address, now, why)
         fp = self._fingerprint(req, now, address)
         if isinstance(fp, Drop):
@@ -182,7 +179,7 @@ class Intake:
         if n is None:
             return None
         more = f" ({n} more failures since the last report)" if n else ""
-        what = f"{req.op.label} {target(req)}"
+        what = f"{req.op.label} {req.shown_target}"
         return f"cannot call back {address} port {port} for {what}: {why}{more}"
 
     def all_callbacks_failed(self, req: FenceRequest, now: float) -> None:
@@ -234,14 +231,18 @@ class Intake:
         if reflected:
             why = (
                 f"ATTACK: {who} sent back a challenge this daemon issued to another session "
-                f"(challenge reflection) for {req.op.label} {target(req)}; refused"
+                f"(challenge reflection) for {req.op.label} {req.shown_target}; refused"
             )
-            return self._quiet("reflection", who, now, why, logging.ERROR)
-        what = f"{req.op.label} {target(req)} from {who}"
+            drop = self._quiet("reflection", who, now, why, logging.ERROR)
+            logged = drop.message is not None
+            return Drop(drop.reason, drop.message, drop.level, why, logged, "reflection")
+        what = f"{req.op.label} {req.shown_target} from {who}"
         why = f"{what} not served: authentication failed: {failure}"
         drop = self._quiet("auth-failed", who, now, why)
         # A refusal record only when logged: a flood must not fill the disk either.
-        return Drop(drop.reason, drop.message, drop.level, failure, drop.message is not None)
+        return Drop(
+            drop.reason, drop.message, drop.level, failure, drop.message is not None, "auth-failed"
+        )
 
     # -- shared ---------------------------------------------------------------------------------
 
@@ -284,7 +285,7 @@ class Intake:
 
     def _replayed(self, req: FenceRequest, now: float, who: str) -> Drop:
         why = (
-            f"replayed {req.op.label} {target(req)} seqno {req.seqno} from {who} dropped: "
+            f"replayed {req.op.label} {req.shown_target} seqno {req.seqno} from {who} dropped: "
             "this power request was seen before, longer ago than any retransmit"
         )
         return self._quiet("replayed", who, now, why)
@@ -304,7 +305,7 @@ class Intake:
         else:
             reason, which = "no-key", "none is loaded"
         why = (
-            f"unsigned {req.op.label} {target(req)} from {who} dropped: --auth "
+            f"unsigned {req.op.label} {req.shown_target} from {who} dropped: --auth "
             f"{self.auth.label} needs a key for the challenge, and {which}"
         )
         return self._quiet(reason, who, now, why)
@@ -319,7 +320,7 @@ class Intake:
         # The first copy is news to an operator; a replay storm must not flood the log.
         first = self.history.copies(req) <= 1
         why = (
-            f"duplicate {req.op.label} {target(req)} seqno {req.seqno} from {who} "
+            f"duplicate {req.op.label} {req.shown_target} seqno {req.seqno} from {who} "
             "dropped (already handled)"
         )
         return Drop("duplicate", why, logging.INFO if first else logging.DEBUG)
@@ -329,13 +330,13 @@ class Intake:
         if why == "full":
             text = (
                 f"too busy ({self.sessions.used} sessions): dropping requests, clients will "
-                f"retransmit (latest: {req.op.label} {target(req)} from {req.address})"
+                f"retransmit (latest: {req.op.label} {req.shown_target} from {req.address})"
             )
             return self._quiet("busy", None, now, text)
         address, port = req.callback
         text = (
             f"{self.sessions.per_key} sessions already call back {address} port {port}: "
-            f"{req.op.label} {target(req)} dropped until one ends"
+            f"{req.op.label} {req.shown_target} dropped until one ends"
         )
         return self._quiet("callback-busy", req.callback, now, text)
 
@@ -352,7 +353,7 @@ class Intake:
         """Logged and recorded once per request, not once per retransmit."""
         if self.per_request.hit((reason, request_key(req)), now) is None:
             return Drop(reason)
-        text = f"{req.op.label} {target(req)} from {req.address} dropped without answer: {why}"
+        text = f"{req.op.label} {req.shown_target} from {req.address} dropped without answer: {why}"
         return Drop(reason, text, logging.WARNING, why, record=True)
 
     def summaries(self, now: float) -> list[str]:

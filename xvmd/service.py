@@ -15,15 +15,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .audit import AuditLog, now_fields
+from .audit import AuditLog
 from .backend import BackendError
 from .executor import BackendRunner, Deadline
-from .intake import KEPT, Drop, Intake, Proceed, target
+from .intake import KEPT, Drop, Intake, Proceed
 from .net import tcp
 from .policy import Gate, Policy, Refused, quorum_gate
 from .protocol.auth import Key, Rejected, check_datagram, verify_request
@@ -41,12 +41,11 @@ from .protocol.wire import (
     parse_request,
 )
 from .quorum import QuorumStatus
+from .records import Recorder, log_request
 
 log = logging.getLogger("xvmd")
-reqlog = logging.getLogger("xvmd.request")
 
 WRITE_TIMEOUT = 10.0
-RECENT = 100  # requests kept for `xvmd status`
 
 
 @dataclass
@@ -105,13 +104,15 @@ class FenceService:
         self._random = random_bytes
         self._tasks: set[asyncio.Task[None]] = set()
         self._quorum = quorum  # None: --local, no quorum checks
-        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
-        self.audit = audit
-        self._background: set[asyncio.Task[None]] = set()
+        self.records = Recorder(audit, quorum)
 
     @property
     def history(self) -> History:
         return self.intake.history
+
+    @property
+    def recent(self) -> list[dict[str, Any]]:
+        return list(self.records.recent)
 
     @property
     def max_sessions(self) -> int:
@@ -162,7 +163,7 @@ class FenceService:
         if drop.message is not None:
             log.log(drop.level, "%s", drop.message)
         if drop.record and req is not None:
-            self._audit_later(self._remember(who, req, "dropped", drop.detail))
+            self.records.refusal(who, req, drop.result, drop.detail)
 
     def log_summaries(self) -> None:
         """Housekeeping: requests refused as a whole, and the counts kept out of the log."""
@@ -171,44 +172,6 @@ class FenceService:
             self._report(drop, req, req.address or "?")
         for line in self.intake.summaries(now):
             log.warning("%s", line)
-
-    def _remember(
-        self,
-        who: str,
-        req: FenceRequest,
-        result: str,
-        detail: str,
-        *,
-        device: str | None = None,
-        ms: float = 0.0,
-        domain: str = "",
-    ) -> dict[str, Any]:
-        """Keep the request for ``xvmd status``; the same record goes to the audit trail."""
-        quorum = self._status()
-        entry: dict[str, Any] = {
-            **now_fields(),
-            "requester": who,
-            "device": device,
-            "op": req.op.label,
-            "target": req.domain,
-            "domain": domain or None,
-            "seqno": req.seqno,
-            "quorum": "not checked"
-            if quorum is None
-            else ("quorate" if quorum.quorate else f"not quorate: {quorum.reason}"),
-            "result": result,
-            "detail": detail,
-            "ms": round(ms, 1),
-        }
-        self.recent.append(entry)
-        return entry
-
-    def _audit_later(self, entry: dict[str, Any]) -> None:
-        """Refusals seen outside a session: written in the background, not fsynced."""
-        if self.audit is not None:
-            task = asyncio.create_task(self.audit.record(entry, durable=False))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
 
     async def _serve_datagram(self, req: FenceRequest, ok: Proceed, policy: Policy) -> None:
         started = self._now()
@@ -313,8 +276,10 @@ class FenceService:
             # Quorum was lost during the handshake: we may not act, and must not claim anything.
             channel.abort()
             self.stats.drop("inquorate")
-            log.warning("%s %s from %s: no answer sent: %s", req.op.label, target(req), who, why)
-            self._audit_later(self._remember(who, req, "dropped", why, device=device))
+            log.warning(
+                "%s %s from %s: no answer sent: %s", req.op.label, req.shown_target, who, why
+            )
+            self.records.refusal(who, req, "dropped", why, device)
             return
         if gate is Gate.FAIL:
             session.send_result(Result.FAIL)
@@ -324,45 +289,16 @@ class FenceService:
                 req, who, ok.scope_key, policy, session, deadline
             )
         elapsed = (self._now() - started) * 1000
-        entry = self._remember(
+        entry = self.records.entry(
             who, req, result.label, detail, device=device, ms=elapsed, domain=domain
         )
-        if self.audit is not None:
-            # Before the result byte leaves: whoever heard "done" can find the record.
-            await self.audit.record(entry, durable=req.op.is_power_action)
+        await self.records.answered(entry, req)
         await channel.finish(session, WRITE_TIMEOUT)
         # Released only once the connection is closed: a client that stops reading holds its
         # place (for WRITE_TIMEOUT at most), so stalled readers never exceed the quota.
         ok.ticket.release()
         self.stats.served[result.label] += 1
-        self._log_request(req, who, device, result, elapsed, detail, domain)
-
-    def _log_request(
-        self,
-        req: FenceRequest,
-        who: str,
-        device: str | None,
-        result: Result,
-        elapsed: float,
-        detail: str,
-        domain: str,
-    ) -> None:
-        mapped = f" (domain {domain})" if domain else ""
-        if device is not None:
-            who = f"{who} [{device}]"
-        failed = result is Result.FAIL and req.op is not Op.NULL  # null always 'fails'
-        level = logging.WARNING if failed or result is Result.PERM else logging.INFO
-        reqlog.log(
-            level,
-            "%s %s %s%s -> %s in %.0f ms: %s",
-            who,
-            req.op.label,
-            target(req),
-            mapped,
-            result.label,
-            elapsed,
-            detail,
-        )
+        log_request(req, who, device, result, elapsed, detail, domain)
 
     async def _act(
         self,

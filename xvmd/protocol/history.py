@@ -158,10 +158,14 @@ class History:
         if len(self._recorded) > self.max_entries:
             self._recorded.popitem(last=False)
         if req.op.is_power_action:
-            self._done.pop(key, None)
-            self._done[key] = now
-            if len(self._done) > self.max_done:
-                self._done.popitem(last=False)
+            self.remember_done(key, now)
+
+    def remember_done(self, key: RequestKey, at: float) -> None:
+        """A power action handled at ``at`` (restored after a restart; times in order)."""
+        self._done.pop(key, None)
+        self._done[key] = at
+        if len(self._done) > self.max_done:
+            self._done.popitem(last=False)
 
     def admit_stream(self, req: FenceRequest, now: float) -> Admission:
         """A request read from a TCP client: its connection is already there, so it is

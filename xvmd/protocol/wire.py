@@ -152,6 +152,11 @@ class FenceRequest:
     raw: bytes
 
     @property
+    def shown_target(self) -> str:
+        """The target as log lines show it: quoted, or ``-`` when the request names none."""
+        return repr(self.domain) if self.domain else "-"
+
+    @property
     def callback(self) -> tuple[str, int] | None:
         """Where the client listens for our connection, or None when the packet names no address."""
         if self.address is None or self.port == 0:
