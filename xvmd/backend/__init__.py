@@ -68,6 +68,20 @@ class AmbiguousDomain(BackendError):
     """The target names more than one domain: acting on either could hit the wrong guest."""
 
 
+def exact_match(target: str, named: DomainInfo | None, by_uuid: DomainInfo | None) -> DomainInfo:
+    """The rule of an exact lookup, for every backend: the domain named exactly ``target`` or the
+    one whose UUID it is; both but different ones is ambiguous, never a guess between them."""
+    if named is not None and by_uuid is not None and named.uuid.lower() != by_uuid.uuid.lower():
+        raise AmbiguousDomain(
+            f"VM {target!r} is ambiguous: the name of domain {named.name} "
+            f"and the UUID of domain {by_uuid.name}"
+        )
+    found = named or by_uuid
+    if found is None:
+        raise DomainNotFound(f"no domain named {target!r}")
+    return found
+
+
 class BackendUnavailable(BackendError):
     """The hypervisor cannot be reached right now; a reconnect is under way."""
 

@@ -17,6 +17,7 @@ from . import (
     DomainInfo,
     DomainNotFound,
     DomainState,
+    exact_match,
     is_uuid,
 )
 
@@ -24,18 +25,6 @@ from . import (
 @dataclass
 class FakeDomain:
     info: DomainInfo
-
-
-def _one_exact(target: str, named: FakeDomain | None, by_uuid: FakeDomain | None) -> DomainInfo:
-    if named is not None and by_uuid is not None and named is not by_uuid:
-        raise AmbiguousDomain(
-            f"VM {target!r} is ambiguous: the name of domain {named.info.name} "
-            f"and the UUID of domain {by_uuid.info.name}"
-        )
-    found = named or by_uuid
-    if found is None:
-        raise DomainNotFound(f"no domain named {target!r}")
-    return found.info
 
 
 class FakeBackend:
@@ -92,7 +81,9 @@ class FakeBackend:
                 return by_uuid.info
             named = [d for d in self._domains.values() if d.info.name == target]
             if exact:
-                return _one_exact(target, named[0] if named else None, by_uuid)
+                return exact_match(
+                    target, named[0].info if named else None, by_uuid.info if by_uuid else None
+                )
             if named:
                 return named[0].info
             folded = target.casefold()

@@ -26,6 +26,7 @@ from . import (
     DomainInfo,
     DomainNotFound,
     DomainState,
+    exact_match,
     is_uuid,
 )
 
@@ -67,21 +68,6 @@ def _absent_as_none(find: Callable[[str], Any], key: str) -> Any:
         if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
             raise
         return None
-
-
-def _exact_match(conn: Any, target: str) -> Any:
-    """By exact name, and by UUID when ``target`` has UUID form; never a guess between two."""
-    named = _absent_as_none(conn.lookupByName, target)
-    with_uuid = _absent_as_none(conn.lookupByUUIDString, target) if is_uuid(target) else None
-    if named is not None and with_uuid is not None and named.UUIDString() != with_uuid.UUIDString():
-        raise AmbiguousDomain(
-            f"VM {target!r} is ambiguous: the name of domain {named.name()} "
-            f"and the UUID of domain {with_uuid.name()}"
-        )
-    found = named if named is not None else with_uuid
-    if found is None:
-        raise DomainNotFound(f"no domain named {target!r}")
-    return found
 
 
 def _loose_match(conn: Any, target: str) -> Any:
@@ -271,7 +257,15 @@ class LibvirtBackend:
                     raise DomainNotFound(f"{target!r} is no UUID")
                 return self._info(conn.lookupByUUIDString(target))
             if exact:
-                return self._info(_exact_match(conn, target))
+                named = _absent_as_none(conn.lookupByName, target)
+                by_uuid = (
+                    _absent_as_none(conn.lookupByUUIDString, target) if is_uuid(target) else None
+                )
+                return exact_match(
+                    target,
+                    self._info(named) if named is not None else None,
+                    self._info(by_uuid) if by_uuid is not None else None,
+                )
             return self._info(_loose_match(conn, target))
 
         return self._call(run)
