@@ -58,6 +58,7 @@ class Proceed:
     session_key: Key | None  # answers the challenge-response (None: --auth none)
     scope_key: Key | None  # whose device scope applies (None: every served device)
     ticket: Ticket  # the session's place in its quota, released when the session ends
+    owner: bytes  # the id of the key that signed the request (b"": unsigned)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,15 +139,18 @@ class Intake:
         if isinstance(node, Refused):
             return self._not_a_node(req, node.reason, now)
         admission = self.history.admit(req, now)
-        if fp is not None and admission in (Admission.NEW, Admission.ALTERNATE):
-            self.replays.remember(fp, now)
+        owner = key.id if key is not None else b""
+        if fp is not None:
+            # Every copy a key holder's client sent, even one dropped as a duplicate: if this
+            # request is never handled, a captured copy must not be acted on later either.
+            self.replays.remember(fp, now, owner)
         if admission is not Admission.NEW:
             return self._not_new(req, admission, now, address)
         ticket = self.sessions.take(req.callback)
         if isinstance(ticket, str):
             self.history.forget(req)  # not handled: the client's retransmit is welcome
             return self._busy(req, ticket, now)
-        return Proceed(keys[0], keys[1], ticket)
+        return Proceed(keys[0], keys[1], ticket, owner)
 
     def _not_a_node(self, req: FenceRequest, why: str, now: float) -> Drop:
         """Dropped quietly for now; ``overdue`` reports it if no other copy is served."""
@@ -185,8 +189,8 @@ class Intake:
     def all_callbacks_failed(self, req: FenceRequest, now: float) -> None:
         self.history.failed(req, now)
 
-    def connected(self, req: FenceRequest, now: float) -> None:
-        self.history.record(req, now)
+    def connected(self, req: FenceRequest, ok: Proceed, now: float) -> None:
+        self.history.record(req, now, ok.owner)
 
     # -- the TCP listener -----------------------------------------------------------------------
 
@@ -217,12 +221,13 @@ class Intake:
         keys = self._common(req, key, policy, status, now, peer, fp)
         if isinstance(keys, Drop):
             return keys
-        admission = self.history.admit_stream(req, now)
+        owner = key.id if key is not None else b""
+        admission = self.history.admit_stream(req, now, owner)
+        if fp is not None:
+            self.replays.remember(fp, now, owner)
         if admission is not Admission.NEW:
             return self._not_new(req, admission, now, peer)
-        if fp is not None:
-            self.replays.remember(fp, now)
-        return Proceed(keys[0], keys[1], ticket)
+        return Proceed(keys[0], keys[1], ticket, owner)
 
     def auth_failed(
         self, req: FenceRequest, who: str, failure: str, reflected: bool, now: float
@@ -278,7 +283,7 @@ class Intake:
             if fp is not None:
                 # These bytes are never acted on later: the client's retransmit is, once
                 # quorum is back, but a captured copy cannot be saved for a moment it suits.
-                self.replays.remember(fp, now)
+                self.replays.remember(fp, now, key.id if key is not None else b"")
             # Not recorded in the history: once quorum is back, the retransmit is served.
             return self._per_request_drop(req, now, "inquorate", why)
         return keys

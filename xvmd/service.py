@@ -188,7 +188,7 @@ class FenceService:
                         log.warning("%s", line)
                     candidate = self.history.next_alternate(req)
                     continue
-                self.intake.connected(req, self._now())
+                self.intake.connected(req, ok, self._now())
                 await self._serve_session(candidate, ok, policy, channel, started, address)
                 return
             self.intake.all_callbacks_failed(req, self._now())

@@ -297,6 +297,9 @@ def test_forged_flood_does_not_grow_memory() -> None:
 def test_copies_of_one_pending_request_do_not_grow_memory_without_bound() -> None:
     async def scenario() -> tuple[int, int]:
         service, _ = make_service()
+        # Each copy's fingerprint is kept for replay refusal, up to a bound per signing key
+        # (16,384 by default, about 2 MB); a small bound here shows memory stops at it.
+        service.intake.replays.max_entries = 1000
         copies = [corpus.signed(Op.OFF, "vm-01", seqno=5, port=1 + i) for i in range(20_001)]
         with recorded_callbacks() as callbacks:
             service.datagram_received(copies[0], ("127.0.0.1", 1))

@@ -1,4 +1,4 @@
-"""Replay protection survives a restart: handled power actions are read back from the audit trail."""
+"""Replay refusal survives a restart: handled power actions are read back from the audit trail."""
 
 from __future__ import annotations
 
@@ -26,7 +26,11 @@ def test_recent_handled_power_actions_come_back_oldest_first(tmp_path: Path) -> 
         + record(5004.0, "on", 6, result="auth-failed")
     )
     got = handled_power_actions(str(trail), since=1000.0)
-    assert got == [(5001.0, "off", 3, "Node1"), (5002.0, "reboot", 4, "vm"), (5004.0, "on", 6, "vm")]
+    assert got == [
+        (5001.0, "off", 3, "Node1"),
+        (5002.0, "reboot", 4, "vm"),
+        (5004.0, "on", 6, "vm"),
+    ]
 
 
 def test_reading_stops_at_the_first_record_older_than_the_hour(tmp_path: Path) -> None:

@@ -44,10 +44,12 @@ class Key:
     reject path cheap under a flood of forged datagrams.
     """
 
-    __slots__ = ("_bases", "_by_code", "data")
+    __slots__ = ("_bases", "_by_code", "data", "id")
 
     def __init__(self, data: bytes) -> None:
         self.data = bytes(data)
+        # Names the key in bounded memories (which key holder filled what); reveals nothing.
+        self.id = hashlib.sha256(b"xvmd key id\0" + self.data).digest()[:8]
         self._bases: dict[HashType, _Hash] = {}
         for ht, name in _ALGORITHMS.items():
             base = hashlib.new(name)

@@ -14,10 +14,10 @@ Rules for this module:
    CALLBACK_BACKOFF seconds: a replayed packet cannot turn into a connection attempt per copy,
    and the stock client's retransmit (every 2 s by default) still gets through.
 5. A power action whose callback reached its client is remembered for DONE_WINDOW seconds
-   (at most ``max_done``): any copy arriving after the duplicate window, whichever interface it
-   was captured on, is a replay. An honest client draws a new seqno (microseconds of the clock)
-   for every run, so it would repeat one only by a one-in-a-million chance, and then the
-   cluster's retry (a new run) gets through.
+   (at most ``max_done`` per signing key): any copy arriving after the duplicate window,
+   whichever interface it was captured on, is a replay. An honest client draws a new seqno
+   (microseconds of the clock) for every run, so it would repeat one only by a one-in-a-million
+   chance, and then the cluster's retry (a new run) gets through.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import enum
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from .replay import Memory
 from .wire import FenceRequest
 
 DUPLICATE_WINDOW = 10.0
@@ -86,7 +87,7 @@ class History:
         self.backoff = backoff
         self.done_window = done_window
         self.max_done = max_done
-        self._done: OrderedDict[RequestKey, float] = OrderedDict()  # power actions handled
+        self._done: Memory[RequestKey] = Memory(done_window, max_done)  # power actions handled
         self._pending: OrderedDict[RequestKey, _Pending] = OrderedDict()
         self._recorded: OrderedDict[RequestKey, _Recorded] = OrderedDict()
         self._failed: OrderedDict[RequestKey, float] = OrderedDict()  # key -> back-off end
@@ -108,7 +109,12 @@ class History:
     def knows(self, req: FenceRequest) -> bool:
         """True when some copy of ``req`` is being or was handled (or its callback failed)."""
         key = request_key(req)
-        return any(key in d for d in (self._pending, self._recorded, self._done, self._failed))
+        return any(key in d for d in (self._pending, self._recorded, self._failed)) or (
+            self._is_done(req, key)
+        )
+
+    def _is_done(self, req: FenceRequest, key: RequestKey) -> bool:
+        return req.op.is_power_action and key in self._done
 
     def admit(self, req: FenceRequest, now: float) -> Admission:
         self.expire(now)
@@ -117,7 +123,7 @@ class History:
         if recorded is not None:
             recorded.copies += 1
             return Admission.DUPLICATE
-        if key in self._done:
+        if self._is_done(req, key):
             return Admission.REPLAYED
         if key in self._failed:
             return Admission.BACKOFF
@@ -149,8 +155,9 @@ class History:
             return None
         return entry.alternates.pop(0)
 
-    def record(self, req: FenceRequest, now: float) -> None:
-        """The callback reached the client: copies arriving within the window are duplicates."""
+    def record(self, req: FenceRequest, now: float, owner: bytes = b"") -> None:
+        """The callback reached the client: copies arriving within the window are duplicates.
+        ``owner`` (the id of the key that signed it) bounds the memory of power actions."""
         key = request_key(req)
         pending = self._pending.pop(key, None)
         self._recorded.pop(key, None)
@@ -158,16 +165,13 @@ class History:
         if len(self._recorded) > self.max_entries:
             self._recorded.popitem(last=False)
         if req.op.is_power_action:
-            self.remember_done(key, now)
+            self._done.remember(key, now, owner)
 
-    def remember_done(self, key: RequestKey, at: float) -> None:
-        """A power action handled at ``at`` (restored after a restart; times in order)."""
-        self._done.pop(key, None)
-        self._done[key] = at
-        if len(self._done) > self.max_done:
-            self._done.popitem(last=False)
+    def remember_done(self, key: RequestKey, at: float, owner: bytes = b"restored") -> None:
+        """A power action handled at ``at``, read back after a restart (times in order)."""
+        self._done.remember(key, at, owner)
 
-    def admit_stream(self, req: FenceRequest, now: float) -> Admission:
+    def admit_stream(self, req: FenceRequest, now: float, owner: bytes = b"") -> Admission:
         """A request read from a TCP client: its connection is already there, so it is
         recorded at once (NEW) or is a copy of one seen within the window (DUPLICATE)."""
         self.expire(now)
@@ -176,9 +180,9 @@ class History:
         if entry is not None:
             entry.copies += 1
             return Admission.DUPLICATE
-        if key in self._done:
+        if self._is_done(req, key):
             return Admission.REPLAYED
-        self.record(req, now)
+        self.record(req, now, owner)
         return Admission.NEW
 
     def forget(self, req: FenceRequest) -> None:
@@ -196,12 +200,13 @@ class History:
 
     def expire(self, now: float) -> None:
         """Drop what has outlived its window (admissions do this themselves)."""
-        for entries, limit in ((self._done, now - self.done_window), (self._failed, now)):
-            while entries:
-                key, at = next(iter(entries.items()))
-                if at > limit:
-                    break
-                del entries[key]
+        self._done.expire(now)
+        failed = self._failed
+        while failed:
+            key, until = next(iter(failed.items()))
+            if until > now:
+                break
+            del failed[key]
         limit = now - self.window
         recorded = self._recorded
         while recorded:

@@ -12,18 +12,22 @@ Rules for this module:
 1. No I/O; the clock is an argument.
 2. Only signed power actions are kept (unsigned packets carry no random bytes, so an honest
    client's retransmits are identical). Nobody without a key can add an entry.
-3. Memory is bounded: ``max_entries`` fingerprints, the oldest going first. ``remember`` is
-   called with times that never go backwards.
+3. Memory is bounded: ``max_entries`` fingerprints per key that signed them, the oldest going
+   first (``Memory``); ``remember`` is called with times that never go backwards.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 REPLAY_WINDOW = 3600.0
 """Seconds during which the exact bytes of a power request are never acted on again."""
 MAX_ENTRIES = 16384
+"""Per key: one key holder's flood cannot push out what another guest cluster's key signed."""
 
 
 def fingerprint(raw: bytes) -> bytes:
@@ -31,33 +35,60 @@ def fingerprint(raw: bytes) -> bytes:
     return hashlib.sha256(raw).digest()[:16]
 
 
-class ReplayGuard:
-    def __init__(self, window: float = REPLAY_WINDOW, max_entries: int = MAX_ENTRIES) -> None:
+class Memory(Generic[T]):
+    """Items remembered for ``window`` seconds, in partitions by owner (the key that signed
+    them), at most ``max_entries`` per owner, the oldest going first: a key holder flooding
+    the daemon can push out its own entries only, never another guest cluster's."""
+
+    def __init__(self, window: float, max_entries: int) -> None:
         self.window = window
         self.max_entries = max_entries
-        self._seen: OrderedDict[bytes, float] = OrderedDict()
+        self._owners: dict[bytes, OrderedDict[T, float]] = {}
 
     def __len__(self) -> int:
-        return len(self._seen)
+        return sum(len(items) for items in self._owners.values())
+
+    def __contains__(self, item: T) -> bool:
+        """Seen and not yet expired (as of the last ``expire`` or ``seen_at``)."""
+        return any(item in items for items in self._owners.values())
+
+    def remember(self, item: T, at: float, owner: bytes = b"") -> None:
+        """Record ``item`` as seen at ``at`` (times per owner never go backwards)."""
+        if item in self:
+            return
+        items = self._owners.setdefault(owner, OrderedDict())
+        items[item] = at
+        while len(items) > self.max_entries:
+            items.popitem(last=False)
+
+    def seen_at(self, item: T, now: float) -> float | None:
+        """When ``item`` was first seen within the window, or None."""
+        self.expire(now)
+        for items in self._owners.values():
+            at = items.get(item)
+            if at is not None:
+                return at
+        return None
+
+    def expire(self, now: float) -> None:
+        limit = now - self.window
+        for owner, items in list(self._owners.items()):
+            while items:
+                oldest, at = next(iter(items.items()))
+                if at > limit:
+                    break
+                del items[oldest]
+            if not items:
+                del self._owners[owner]
+
+
+class ReplayGuard(Memory[bytes]):
+    """Fingerprints of the signed power packets seen within the hour."""
+
+    def __init__(self, window: float = REPLAY_WINDOW, max_entries: int = MAX_ENTRIES) -> None:
+        super().__init__(window, max_entries)
 
     def age(self, fp: bytes, now: float) -> float | None:
         """Seconds since ``fp`` was first seen, or None when it was not seen within the window."""
-        self._purge(now)
-        at = self._seen.get(fp)
+        at = self.seen_at(fp, now)
         return None if at is None else now - at
-
-    def remember(self, fp: bytes, at: float) -> None:
-        """Record ``fp`` as seen at ``at``."""
-        if fp in self._seen:
-            return
-        self._seen[fp] = at
-        while len(self._seen) > self.max_entries:
-            self._seen.popitem(last=False)
-
-    def _purge(self, now: float) -> None:
-        seen, limit = self._seen, now - self.window
-        while seen:
-            oldest, at = next(iter(seen.items()))
-            if at > limit:
-                break
-            del seen[oldest]
