@@ -229,6 +229,14 @@ class Intake:
             return self._not_new(req, admission, now, peer)
         return Proceed(keys[0], keys[1], ticket, owner)
 
+    def forged(self, who: str, now: float) -> Drop:
+        """A signature made from an answer to a challenge (length extension): an attack."""
+        why = (
+            f"ATTACK: request from {who} carries a signature made by length extension of a "
+            "challenge answer; refused"
+        )
+        return self._quiet("forged", who, now, why, logging.ERROR)
+
     def auth_failed(
         self, req: FenceRequest, who: str, failure: str, reflected: bool, now: float
     ) -> Drop:

@@ -27,7 +27,6 @@ from .intake import KEPT, Drop, Intake, Proceed
 from .net import tcp
 from .policy import Gate, Policy, Refused, quorum_gate
 from .protocol.auth import Key, Rejected, check_datagram, verify_request
-from .protocol.challenges import IssuedChallenges
 from .protocol.history import History
 from .protocol.session import STREAM_REQUEST_TIMEOUT, ServerSession
 from .protocol.wire import (
@@ -98,7 +97,6 @@ class FenceService:
             max_stream=limits.max_stream,
             per_peer=limits.per_peer,
         )
-        self.challenges = IssuedChallenges()
         self.stats = Stats()
         self._now = now or asyncio.get_event_loop().time
         self._random = random_bytes
@@ -134,6 +132,9 @@ class FenceService:
         policy = self.policy
         key, reason = check_datagram(data, self._min_hash, policy.keys)
         if reason is not None:
+            if reason == "forged":
+                self._dropped(self.intake.forged(source[0], self._now()), None, source[0])
+                return
             self.stats.dropped[reason] += 1
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("dropped datagram from %s: %s", source[0], reason)
@@ -220,8 +221,11 @@ class FenceService:
                 req = parse_request(data)
                 key = verify_request(req, self.auth.hash, policy.keys)
             except (MalformedRequest, Rejected) as exc:
-                self.stats.drop(exc.reason)
-                log.info("dropped TCP request from %s: %s", peer, exc)
+                if exc.reason == "forged":
+                    self._dropped(self.intake.forged(peer, self._now()), None, peer)
+                else:
+                    self.stats.drop(exc.reason)
+                    log.info("dropped TCP request from %s: %s", peer, exc)
                 channel.abort()
                 return
             now = self._now()
@@ -241,13 +245,11 @@ class FenceService:
         self, req: FenceRequest, ok: Proceed, channel: tcp.Channel, who: str
     ) -> ServerSession | None:
         """The challenge-response; None (after logging and counting) when it failed."""
-        session = ServerSession(
-            auth=self.auth.auth,
-            key=ok.session_key,
-            challenge=self._random(CHALLENGE_SIZE),
-            now=self._now(),
-            issued=self.challenges,
-        )
+        key = ok.session_key
+        # Tagged, so that no daemon holding this key ever answers it back (reflection).
+        nonce = self._random(CHALLENGE_SIZE // 2)
+        challenge = key.tagged_challenge(nonce) if key is not None else nonce * 2
+        session = ServerSession(auth=self.auth.auth, key=key, challenge=challenge, now=self._now())
         if await channel.authenticate(session):
             return session
         await channel.finish(session, WRITE_TIMEOUT)

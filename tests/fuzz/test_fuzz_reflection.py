@@ -2,21 +2,23 @@
 
 The client challenges first and the daemon answers ``R(x) = pad64(H(key || x))`` for any 64
 bytes x (docs/protocol.md §4.2). With several sessions open, an attacker without the key could
-send session A's challenge C2 as the C1 of session B, read R(C2) from B and present it on A.
-Sessions sharing one ``IssuedChallenges`` refuse such a C1 (xvmd/protocol/challenges.py).
+send session A's challenge C2 as the C1 of session B (of the same daemon, or of another daemon
+holding the same key), read R(C2) from B and present it on A. xvmd's challenges carry an HMAC
+tag of their random half (``Key.tagged_challenge``) and a C1 with a valid tag is refused
+(xvmd/protocol/auth.py), which needs no shared state between sessions or daemons.
 
-The harness: 2 to 5 ``ServerSession``s sharing one registry and one key, each with its own
-unpredictable challenge. An attacker without the key drives them in any interleaving; at each
+The harness: 2 to 5 ``ServerSession``s holding one key, each with its own unpredictable tagged
+challenge. An attacker without the key drives them in any interleaving; at each
 step it picks a session and writes 64 bytes chosen from everything any session wrote so far
 (cut at 64-byte boundaries: answers R1 and challenges C2) or fresh bytes, or a piece of either
 (partial writes, which shift the framing), or fires a timer, or closes. Properties:
 
 - no session ever reaches AUTHENTICATED;
-- a C1 equal to the challenge of a session waiting for its answer is refused as a reflection
-  (``reflected``), and a C1 that no session ever sent is never called one.
+- a C1 equal to a challenge a session sent is refused as a reflection (``reflected``), and a
+  C1 that no session ever sent is never called one.
 
 Controls: the same harness with a client that holds the key authenticates every session in any
-interleaving; without the registry (``issued=None``) the attack succeeds, both in a fixed
+interleaving; with plain random challenges (untagged) the attack succeeds, both in a fixed
 sequence and when hypothesis searches the harness's steps for it.
 """
 
@@ -33,7 +35,6 @@ from hypothesis import strategies as st
 from tests.fuzz import corpus
 from tests.fuzz.corpus import KEY, OTHER_KEY, fuzz_settings
 from xvmd.protocol.auth import Key
-from xvmd.protocol.challenges import IssuedChallenges
 from xvmd.protocol.session import AUTH_STEP_TIMEOUT, Phase, ServerSession
 from xvmd.protocol.wire import CHALLENGE_SIZE, HashType
 
@@ -48,18 +49,21 @@ def unpredictable(seed: bytes, label: bytes, i: int) -> bytes:
     return hashlib.sha512(label + seed + bytes([i])).digest()
 
 
-class Daemon:
-    """``n`` sessions of one daemon (one key, one registry or none) and all they wrote."""
+def daemon_challenge(key: Key, seed: bytes, i: int, tagged: bool) -> bytes:
+    """What the service sends as C2 (tagged), or a plain random challenge (the control)."""
+    raw = unpredictable(seed, b"daemon", i)
+    return key.tagged_challenge(raw[: C // 2]) if tagged else raw
 
-    def __init__(
-        self, auth: HashType, key: Key, seed: bytes, n: int, issued: IssuedChallenges | None
-    ) -> None:
+
+class Daemon:
+    """``n`` sessions holding one key (of one daemon or several) and all they wrote."""
+
+    def __init__(self, auth: HashType, key: Key, seed: bytes, n: int, tagged: bool) -> None:
         self.now = 1000.0
-        self.registry = issued
-        self.challenges = [unpredictable(seed, b"daemon", i) for i in range(n)]
+        self.tagged = tagged
+        self.challenges = [daemon_challenge(key, seed, i, tagged) for i in range(n)]
         self.sessions = [
-            ServerSession(auth=auth, key=key, challenge=c, now=self.now, issued=issued)
-            for c in self.challenges
+            ServerSession(auth=auth, key=key, challenge=c, now=self.now) for c in self.challenges
         ]
         self.fed = [bytearray() for _ in range(n)]  # bytes each session took while waiting
         self.written = [bytearray() for _ in range(n)]  # bytes each session wrote
@@ -76,7 +80,6 @@ class Daemon:
         """Write ``data`` to session ``i`` and read everything it answers."""
         s = self.sessions[i]
         completes_c1 = s.phase is Phase.AWAIT_CHALLENGE and len(data) >= s.bytes_wanted
-        live = {c for c, t in zip(self.challenges, self.sessions, strict=True) if waits(t)}
         ever_sent = {bytes(w[C : 2 * C]) for w in self.written if len(w) >= 2 * C}
         if s.phase in WAITING:
             self.fed[i] += data
@@ -85,11 +88,11 @@ class Daemon:
         self.written[i] += out
         self.pool += [out[k : k + C] for k in range(0, len(out), C)]
         if completes_c1:
-            self._check_c1(i, live, ever_sent)
+            self._check_c1(i, ever_sent)
 
-    def _check_c1(self, i: int, live: set[bytes], ever_sent: set[bytes]) -> None:
+    def _check_c1(self, i: int, ever_sent: set[bytes]) -> None:
         s, c1 = self.sessions[i], bytes(self.fed[i][:C])
-        if self.registry is not None and c1 in live:
+        if self.tagged and c1 in ever_sent:
             assert s.reflected and s.phase is Phase.FAILED
             assert s.failure is not None and "reflection" in s.failure
             assert s.data_to_send() == b"" and bytes(self.written[i]) == b""
@@ -103,11 +106,6 @@ class Daemon:
 
     def close(self, i: int) -> None:
         self.sessions[i].connection_closed()
-
-
-def waits(s: ServerSession) -> bool:
-    """True when ``s`` sent its challenge and waits for the answer (its challenge is live)."""
-    return s.phase is Phase.AWAIT_RESPONSE
 
 
 # -- the attacker ----------------------------------------------------------------------------------
@@ -147,12 +145,12 @@ def attack(d: Daemon, step: Step) -> None:
 
 
 def run_attack(
-    auth: HashType, key: Key, seed: bytes, n: int, moves: list[Step], shared: bool
+    auth: HashType, key: Key, seed: bytes, n: int, moves: list[Step], tagged: bool
 ) -> Daemon:
-    d = Daemon(auth, key, seed, n, IssuedChallenges() if shared else None)
+    d = Daemon(auth, key, seed, n, tagged)
     for step in moves:
         attack(d, step)
-        if shared:
+        if tagged:
             assert d.authenticated() == [], step
     return d
 
@@ -168,7 +166,7 @@ counts = st.integers(2, 5)
 def test_an_attacker_without_the_key_never_authenticates(
     auth: HashType, key: Key, seed: bytes, n: int, moves: list[Step]
 ) -> None:
-    d = run_attack(auth, key, seed, n, moves, shared=True)
+    d = run_attack(auth, key, seed, n, moves, tagged=True)
     assert d.authenticated() == []
     refused = sum(s.reflected for s in d.sessions)
     event(f"reflections refused: {min(refused, 2)}")
@@ -190,7 +188,7 @@ def honest_pieces(cuts: set[int]) -> list[tuple[int, int]]:
 def test_a_client_with_the_key_authenticates_every_session(
     auth: HashType, key: Key, seed: bytes, n: int, data: st.DataObject
 ) -> None:
-    d = Daemon(auth, key, seed, n, IssuedChallenges())
+    d = Daemon(auth, key, seed, n, tagged=True)
     pieces = [
         honest_pieces(data.draw(st.sets(st.integers(1, 2 * C - 1), max_size=5))) for _ in range(n)
     ]
@@ -205,46 +203,39 @@ def test_a_client_with_the_key_authenticates_every_session(
             d.send(i, key.digest(auth, c2)[lo - C : hi - C])
     assert d.authenticated() == list(range(n))
     assert not any(s.reflected for s in d.sessions)
-    registry = d.registry
-    assert registry is not None and len(registry) == n  # every challenge retired, none live
-    assert not any(registry.issued(c, d.now + registry.window) for c in d.challenges)
 
 
-# -- without the shared registry the attack works -------------------------------------------------
+# -- without the tag the attack works -------------------------------------------------------------
 
 
-def reflect(auth: HashType, issued: IssuedChallenges | None) -> tuple[ServerSession, ServerSession]:
-    """The attack in three writes: any C1 to A, A's challenge as C1 to B, B's answer to A."""
+def reflect(auth: HashType, tagged: bool, second: Key = KEY) -> tuple[ServerSession, ServerSession]:
+    """The attack in three writes: any C1 to A, A's challenge as C1 to B, B's answer to A.
+    B may belong to another daemon (another ``Key`` object with the same bytes)."""
     a, b = (
-        ServerSession(
-            auth=auth,
-            key=KEY,
-            challenge=unpredictable(b"fixed", b"daemon", i),
-            now=0.0,
-            issued=issued,
-        )
-        for i in (0, 1)
+        ServerSession(auth=auth, key=k, challenge=daemon_challenge(k, b"fixed", i, tagged), now=0.0)
+        for i, k in ((0, KEY), (1, second))
     )
     a.receive_data(b"\x11" * C, 0.1)
     c2_a = a.data_to_send()[C:]
-    assert c2_a == unpredictable(b"fixed", b"daemon", 0)
+    assert c2_a == daemon_challenge(KEY, b"fixed", 0, tagged)
     b.receive_data(c2_a, 0.2)  # B computes R(C2_A) for us, unless it refuses
     a.receive_data(b.data_to_send()[:C], 0.3)
     return a, b
 
 
 @pytest.mark.parametrize("auth", corpus.SIGNED_TYPES, ids=lambda h: h.label)
-def test_without_the_registry_the_reflection_attack_authenticates(auth: HashType) -> None:
-    """Why sessions must share the registry: each one alone answers any 64 bytes."""
-    a, b = reflect(auth, None)
-    assert a.phase is Phase.AUTHENTICATED  # A accepted an answer the daemon computed itself
+def test_with_plain_random_challenges_the_reflection_attack_authenticates(auth: HashType) -> None:
+    """Why the challenge must be tagged: a session alone answers any 64 bytes."""
+    a, b = reflect(auth, tagged=False)
+    assert a.phase is Phase.AUTHENTICATED  # A accepted an answer a daemon computed itself
     assert b.phase is Phase.AWAIT_RESPONSE and not b.reflected
 
 
 @pytest.mark.parametrize("auth", corpus.SIGNED_TYPES, ids=lambda h: h.label)
-def test_with_the_registry_the_same_sequence_is_refused(auth: HashType) -> None:
-    registry = IssuedChallenges()
-    a, b = reflect(auth, registry)
+@pytest.mark.parametrize("where", ["same daemon", "another daemon with the same key"])
+def test_with_tagged_challenges_the_same_sequence_is_refused(auth: HashType, where: str) -> None:
+    second = KEY if where == "same daemon" else Key(KEY.data)
+    a, b = reflect(auth, tagged=True, second=second)
     assert b.phase is Phase.FAILED and b.reflected
     assert b.failure is not None and "reflection" in b.failure
     assert b.data_to_send() == b""  # B computed and sent nothing
@@ -252,29 +243,23 @@ def test_with_the_registry_the_same_sequence_is_refused(auth: HashType) -> None:
     assert not a.reflected
 
 
-def test_a_finished_sessions_challenge_is_still_refused_within_the_window() -> None:
-    registry = IssuedChallenges(window=60.0)
-    a, b, c = (
-        ServerSession(
-            auth=HashType.SHA256, key=KEY, challenge=bytes([i]) * C, now=0.0, issued=registry
-        )
-        for i in (1, 2, 3)
-    )
-    a.receive_data(b"\x11" * C, 0.0)
-    a.connection_closed()  # retired at 0.0
-    b.receive_data(bytes([1]) * C, 59.0)
-    assert b.reflected and b.phase is Phase.FAILED
-    c.receive_data(bytes([1]) * C, 61.0)  # forgotten: harmless, A can never use an answer now
-    assert not c.reflected and c.phase is Phase.AWAIT_RESPONSE
+def test_a_tagged_challenge_is_refused_at_any_time_and_only_under_its_key() -> None:
+    c2 = KEY.tagged_challenge(b"\x42" * (C // 2))
+    late = ServerSession(auth=HashType.SHA256, key=KEY, challenge=bytes(C), now=0.0)
+    late.receive_data(c2, 1e6)  # no memory to expire: the tag itself says who made it
+    assert late.reflected and late.phase is Phase.FAILED
+    other = ServerSession(auth=HashType.SHA256, key=OTHER_KEY, challenge=bytes(C), now=0.0)
+    other.receive_data(c2, 0.0)  # another key's challenge: an ordinary C1 here
+    assert not other.reflected and other.phase is Phase.AWAIT_RESPONSE
 
 
-def test_the_harness_finds_the_attack_without_the_registry() -> None:
+def test_the_harness_finds_the_attack_without_the_tag() -> None:
     """The attacker's moves are strong enough: hypothesis finds the reflection by itself when
-    the sessions do not share a registry (so the property above is not vacuous)."""
+    the challenges are plain random bytes (so the property above is not vacuous)."""
     found = find(
         st.tuples(seeds, counts, st.lists(steps, max_size=12)),
         lambda run: bool(
-            run_attack(HashType.SHA256, KEY, run[0], run[1], run[2], False).authenticated()
+            run_attack(HashType.SHA256, KEY, run[0], run[1], run[2], tagged=False).authenticated()
         ),
         settings=settings(
             max_examples=5000,
@@ -285,8 +270,8 @@ def test_the_harness_finds_the_attack_without_the_registry() -> None:
         ),
     )
     seed, n, moves = found
-    d = run_attack(HashType.SHA256, KEY, seed, n, moves, shared=False)
+    d = run_attack(HashType.SHA256, KEY, seed, n, moves, tagged=False)
     assert d.authenticated()
-    shared = run_attack(HashType.SHA256, KEY, seed, n, moves, shared=True)
-    assert shared.authenticated() == []  # the same moves against shared sessions: refused
-    assert any(s.reflected for s in shared.sessions)
+    tagged = run_attack(HashType.SHA256, KEY, seed, n, moves, tagged=True)
+    assert tagged.authenticated() == []  # the same moves against tagged challenges: refused
+    assert any(s.reflected for s in tagged.sessions)

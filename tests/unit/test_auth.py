@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pytest
 
+from tests.support import lengthext
 from tests.unit import refvectors
 from tests.unit.refvectors import TcpExchange, UdpVector
-from xvmd.protocol.auth import Key, Rejected, sign_request, verify_request
+from xvmd.protocol.auth import Key, Rejected, check_datagram, sign_request, verify_request
 from xvmd.protocol.wire import (
     HASH_OFFSET,
+    HASH_SIZE,
     REQUEST_SIZE,
     FenceRequest,
     HashType,
@@ -296,3 +299,51 @@ def test_key_repr_hides_key_material(ref_key_bytes: bytes) -> None:
     secret = Key(b"hunter2-secret")
     assert "hunter2" not in repr(secret)
     assert "hunter2" not in str(secret)
+
+
+# -- reflection tags and length extension ----------------------------------------------------------
+
+
+def test_a_tagged_challenge_is_recognised_only_under_its_key() -> None:
+    key = Key(os.urandom(64))
+    c2 = key.tagged_challenge(os.urandom(32))
+    assert len(c2) == 64 and key.is_tagged(c2)
+    assert Key(key.data).is_tagged(c2)  # another daemon holding the same key
+    assert not Key(os.urandom(64)).is_tagged(c2)
+    assert not key.is_tagged(c2[:32] + bytes(32))
+    assert not any(key.is_tagged(os.urandom(64)) for _ in range(1000))  # a client's random C1
+    with pytest.raises(ValueError):
+        key.tagged_challenge(bytes(31))
+
+
+@pytest.mark.parametrize("key_len", [24, 29, 45, 55, 88, 109])
+def test_a_signature_made_by_length_extension_is_refused_as_forged(key_len: int) -> None:
+    """From the daemon's answer to one 64-byte challenge, a request of the attacker's choice
+    gets a signature that really is H(key || request); only its shape gives it away."""
+    key = Key(os.urandom(key_len))
+    prefix = bytes([int(Op.OFF), int(HashType.SHA256), 0, 0]) + b"vm-01".ljust(60, b"\0")
+    answer = key.digest(HashType.SHA256, prefix)  # what a session sends back for C1 = prefix
+    forged = lengthext.forge(prefix, answer, key_len, seqno=4242)
+    message = forged[:HASH_OFFSET] + bytes(HASH_SIZE)
+    assert forged[HASH_OFFSET : HASH_OFFSET + 32] == hashlib.sha256(key.data + message).digest()
+    assert check_datagram(forged, int(HashType.SHA256), [key]) == (None, "forged")
+    with pytest.raises(Rejected) as info:
+        verify_request(parse_request(forged), HashType.SHA256, [key])
+    assert info.value.reason == "forged"
+
+
+@pytest.mark.parametrize("key_len", [1, 20, 45, 64, 4096])
+@pytest.mark.parametrize("ht", [HashType.SHA1, HashType.SHA256, HashType.SHA512], ids=str)
+def test_honest_requests_never_look_extended(key_len: int, ht: HashType) -> None:
+    key = Key(os.urandom(key_len))
+    for i in range(200):
+        raw = encode_request(
+            Op(i % 4),
+            f"vm-{i:02d}" * (i % 9),
+            address="192.0.2.7",
+            port=1229,
+            seqno=i,
+            hashtype=ht,
+            random=os.urandom(6),
+        )
+        assert check_datagram(sign_request(raw, ht, key), int(ht), [key]) == (key, None)

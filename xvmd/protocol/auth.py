@@ -5,7 +5,18 @@ Rules for this module:
 2. Every comparison covers all 64 bytes (padding included) and runs in constant time.
 
 This is deliberately *not* HMAC: the stock client hashes the raw key bytes followed by the
-message in one context, and compatibility demands the same.
+message in one context, and compatibility demands the same. Two weaknesses follow, both closed
+here without leaving the protocol:
+
+- **Reflection.** The daemon answers ``H(key || C1)`` for any 64 bytes a client sends, so its
+  own challenge sent back by a client (on another session, or to another daemon holding the
+  same key) would be answered. xvmd's challenges are 32 random bytes and a 32-byte HMAC tag of
+  them (``tagged_challenge``); a client challenge carrying a valid tag is never answered
+  (``is_tagged``). The stock client treats the challenge as opaque bytes.
+- **Length extension.** From ``H(key || C1)`` anyone can compute ``H(key || C1 || pad || X)``
+  (SHA-1 and SHA-2 are Merkle-Damgard hashes). A request signed that way has the hash
+  padding of ``key || 64 bytes`` right after its first 64 bytes; ``check_datagram`` refuses
+  exactly that shape (``forged``), which an honest packet never has.
 """
 
 from __future__ import annotations
@@ -15,7 +26,7 @@ import hmac
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .wire import HASH_OFFSET, HASH_SIZE, REQUEST_SIZE, FenceRequest, HashType
+from .wire import CHALLENGE_SIZE, HASH_OFFSET, HASH_SIZE, REQUEST_SIZE, FenceRequest, HashType
 
 if TYPE_CHECKING:
     from hashlib import _Hash
@@ -23,6 +34,18 @@ if TYPE_CHECKING:
 _ALGORITHMS = {HashType.SHA1: "sha1", HashType.SHA256: "sha256", HashType.SHA512: "sha512"}
 _ZERO_HASH = b"\0" * HASH_SIZE
 _DIGEST_SIZE = {1: 20, 2: 32, 3: 64}
+_BLOCK = {1: (64, 8), 2: (64, 8), 3: (128, 16)}  # block size, length field size
+_NONCE = 32
+_TAG_CONTEXT = b"xvmd challenge tag\0"
+
+
+def _extension_pad(key_len: int, code: int) -> bytes | None:
+    """The hash padding after ``key || C1``: where a length-extended message continues. None
+    when it cannot fit inside a signed request (it would reach past the 176 bytes)."""
+    block, size = _BLOCK[code]
+    total = key_len + CHALLENGE_SIZE
+    pad = b"\x80" + b"\0" * ((-(total + 1 + size)) % block) + (8 * total).to_bytes(size, "big")
+    return pad if CHALLENGE_SIZE + len(pad) <= REQUEST_SIZE else None
 
 
 class Rejected(ValueError):
@@ -44,7 +67,7 @@ class Key:
     reject path cheap under a flood of forged datagrams.
     """
 
-    __slots__ = ("_bases", "_by_code", "data", "id")
+    __slots__ = ("_bases", "_by_code", "_extension", "_tagger", "data", "id")
 
     def __init__(self, data: bytes) -> None:
         self.data = bytes(data)
@@ -59,6 +82,8 @@ class Key:
         self._by_code: dict[int, _Hash] = (
             {int(ht): ctx for ht, ctx in self._bases.items()} if self.data else {}
         )
+        self._extension = {int(ht): _extension_pad(len(self.data), int(ht)) for ht in _ALGORITHMS}
+        self._tagger = hmac.new(self.data, _TAG_CONTEXT, "sha256")
 
     def __repr__(self) -> str:  # never show key material
         return f"Key(<{len(self.data)} bytes>)"
@@ -76,6 +101,30 @@ class Key:
         if hashtype is HashType.NONE:
             return True
         return hmac.compare_digest(self.digest(hashtype, message), answer)
+
+    def _tag(self, nonce: bytes) -> bytes:
+        mac = self._tagger.copy()
+        mac.update(nonce)
+        return mac.digest()
+
+    def tagged_challenge(self, nonce: bytes) -> bytes:
+        """The daemon's 64-byte challenge: ``nonce`` (32 random bytes) and its tag, which only
+        a holder of this key can make, so that no daemon with this key ever answers it."""
+        if len(nonce) != _NONCE:
+            raise ValueError(f"nonce must be {_NONCE} bytes")
+        return nonce + self._tag(nonce)
+
+    def is_tagged(self, challenge: bytes) -> bool:
+        """True when ``challenge`` is one a daemon holding this key issued (a reflection)."""
+        return len(challenge) == CHALLENGE_SIZE and hmac.compare_digest(
+            self._tag(challenge[:_NONCE]), challenge[_NONCE:]
+        )
+
+    def extended(self, code: int, message: bytes) -> bool:
+        """True when the signed ``message`` has the shape of a length extension of an answer
+        this key gave to a 64-byte challenge (see the module docstring)."""
+        pad = self._extension.get(code)
+        return pad is not None and message[CHALLENGE_SIZE : CHALLENGE_SIZE + len(pad)] == pad
 
 
 def sign_request(unsigned: bytes, hashtype: HashType, key: Key) -> bytes:
@@ -121,7 +170,7 @@ def check_datagram(data: bytes, minimum: int, keys: Sequence[Key]) -> tuple[Key 
         ctx = ctx.copy()
         ctx.update(message)
         if hmac.compare_digest(ctx.digest(), got) and padding_ok:
-            return key, None
+            return (None, "forged") if key.extended(hashtype, message) else (key, None)
     return _REJECT_SIGNATURE if tried else _REJECT_NO_KEY
 
 
@@ -135,6 +184,7 @@ _DETAILS = {
     "weak-hash": "hash is weaker than the configured minimum",
     "no-key": "signed request but no key is loaded",
     "bad-signature": "signature matches no configured key",
+    "forged": "signature made by length extension of a challenge answer (an attack)",
 }
 
 

@@ -16,8 +16,9 @@ The exchange (the client challenges first; the auth type is configured on both e
 
 With auth NONE the session starts AUTHENTICATED. Each waiting phase has its own deadline.
 
-Sessions that share an ``IssuedChallenges`` refuse a C1 equal to any C2 one of them sent: the
-daemon never computes the answer to its own challenge (see ``challenges.py``).
+The daemon's C2 comes from ``Key.tagged_challenge``; a C1 carrying a valid tag is one that some
+daemon holding this key issued, sent back to get it answered (reflection): the session fails
+without answering (see ``auth.py``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import enum
 from collections.abc import Iterable
 
 from .auth import Key
-from .challenges import IssuedChallenges
 from .wire import CHALLENGE_SIZE, HashType, HostRecord, Result, encode_hostlist
 
 AUTH_STEP_TIMEOUT = 10.0
@@ -56,7 +56,6 @@ class ServerSession:
         challenge: bytes,
         now: float,
         step_timeout: float = AUTH_STEP_TIMEOUT,
-        issued: IssuedChallenges | None = None,
     ) -> None:
         if auth is not HashType.NONE and (key is None or not key.data):
             raise ValueError("authentication needs a key")
@@ -66,8 +65,6 @@ class ServerSession:
         self._key = key
         self._challenge = challenge
         self._step_timeout = step_timeout
-        self._issued = issued
-        self._seen = now  # the latest time passed in, for retiring our challenge
         self._inbox = bytearray()
         self._outbox = bytearray()
         self.failure: str | None = None
@@ -96,20 +93,17 @@ class ServerSession:
     def receive_data(self, data: bytes, now: float) -> None:
         if self.phase not in (Phase.AWAIT_CHALLENGE, Phase.AWAIT_RESPONSE):
             return
-        self._seen = now
         self._inbox += data
         if self.phase is Phase.AWAIT_CHALLENGE and len(self._inbox) >= CHALLENGE_SIZE:
             c1 = bytes(self._inbox[:CHALLENGE_SIZE])
             del self._inbox[:CHALLENGE_SIZE]
-            if self._issued is not None and self._issued.issued(c1, now):
-                self.reflected = True
-                self._fail("the client's challenge is one this daemon issued (reflection attack)")
-                return
             assert self._key is not None
+            if self._key.is_tagged(c1):
+                self.reflected = True
+                self._fail("the client's challenge is one a daemon issued (reflection attack)")
+                return
             self._outbox += self._key.digest(self._auth, c1)
             self._outbox += self._challenge
-            if self._issued is not None:
-                self._issued.issue(self._challenge)
             self.phase = Phase.AWAIT_RESPONSE
             self.deadline = now + self._step_timeout
         if self.phase is Phase.AWAIT_RESPONSE and len(self._inbox) >= CHALLENGE_SIZE:
@@ -119,7 +113,6 @@ class ServerSession:
             if self._key.matches(self._auth, self._challenge, answer):
                 self.phase = Phase.AUTHENTICATED
                 self.deadline = None
-                self._retire()
             else:
                 self._fail("client answered our challenge wrongly (wrong key or auth type)")
 
@@ -129,7 +122,6 @@ class ServerSession:
             self._fail(f"client closed the connection during {self.phase.value}")
 
     def handle_timer(self, now: float) -> None:
-        self._seen = now
         if self.deadline is not None and now >= self.deadline:
             self._fail(f"timed out in {self.phase.value}")
 
@@ -152,8 +144,3 @@ class ServerSession:
         self.failure = why
         self.deadline = None
         self._outbox.clear()
-        self._retire()
-
-    def _retire(self) -> None:
-        if self._issued is not None:
-            self._issued.retire(self._challenge, self._seen)
