@@ -92,6 +92,20 @@ def callback_problem(address: str) -> str | None:
     return None
 
 
+def sender(address: str) -> str:
+    """What the per-peer cap counts as one sender: an IPv4 address, or an IPv6 /64 (one host
+    may own a whole /64 and pick a new address per connection)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 class Intake:
     def __init__(
         self,
@@ -195,6 +209,7 @@ class Intake:
     # -- the TCP listener -----------------------------------------------------------------------
 
     def open_stream(self, peer: str, now: float) -> Ticket | Drop:
+        peer = sender(peer)
         ticket = self.streams.take(peer)
         if isinstance(ticket, Ticket):
             return ticket

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import ccs
-from xvmd.intake import KEPT, SETTLE, Drop, Intake, Proceed, callback_problem
+from xvmd.intake import KEPT, SETTLE, Drop, Intake, Proceed, callback_problem, sender
 from xvmd.limits import Ticket
 from xvmd.policy import Policy
 from xvmd.protocol.auth import Key, sign_request
@@ -592,3 +592,26 @@ def test_one_key_holders_flood_cannot_push_out_what_another_key_signed() -> None
             i.connected(flood, verdict, 1.0)
             verdict.ticket.release()
     dropped(i.datagram(b_req, other, both, QUORATE, 600.0), "replayed")
+
+
+@pytest.mark.parametrize(
+    ("address", "counted_as"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:bbbb::9", "2001:db8:1:2::/64"),
+        ("::1", "::/64"),
+    ],
+)
+def test_the_per_peer_cap_counts_an_ipv6_slash_64_as_one_sender(
+    address: str, counted_as: str
+) -> None:
+    assert sender(address) == counted_as
+
+
+def test_one_ipv6_host_cannot_take_the_listener_with_many_addresses() -> None:
+    i = intake()
+    held = [i.open_stream(f"2001:db8:1:2::{n:x}", 0.0) for n in range(1, 20)]
+    assert sum(isinstance(t, Ticket) for t in held) == i.streams.per_key
+    assert isinstance(i.open_stream("2001:db8:9:9::1", 0.0), Ticket)  # another /64
