@@ -6,7 +6,8 @@ reason; docs/security.md explains each):
 
 1. ``bad-callback``: it names an address no client listens on (0.0.0.0, ::, multicast,
    broadcast, IPv6 link-local without a scope).
-2. ``replayed``: the exact bytes of a signed power action were seen within the last hour.
+2. ``replayed``: the exact bytes of a signed request were seen within the last hour, or a power
+   action was handled within the hour (any copy of it).
 3. ``unsigned-ambiguous``: an unsigned request (``--hash none``) while several keys could be
    meant for the challenge-response.
 4. ``inquorate``: a power action while this host's partition is not quorate.
@@ -275,9 +276,11 @@ class Intake:
     # -- shared ---------------------------------------------------------------------------------
 
     def _fingerprint(self, req: FenceRequest, now: float, who: str) -> bytes | Drop | None:
-        """A signed power action's fingerprint, or a Drop when these exact bytes came before:
-        seconds ago, a network duplicate; longer ago, a replay. None: not such a request."""
-        if req.hashtype is HashType.NONE or not req.op.is_power_action:
+        """A signed request's fingerprint, or a Drop when these exact bytes came before:
+        seconds ago, a network duplicate; longer ago, a replay. None: unsigned. Read-only
+        requests count too: a replayed ``status`` called back while the requester's own client
+        waits on that port would give that client the answer to another question."""
+        if req.hashtype is HashType.NONE:
             return None
         fp = fingerprint(req.raw)
         age = self.replays.age(fp, now)
@@ -314,7 +317,7 @@ class Intake:
     def _replayed(self, req: FenceRequest, now: float, who: str) -> Drop:
         why = (
             f"replayed {req.op.label} {req.shown_target} seqno {req.seqno} from {who} dropped: "
-            "this power request was seen before, longer ago than any retransmit"
+            "this request was seen before, longer ago than any retransmit"
         )
         return self._quiet("replayed", who, now, why)
 

@@ -179,13 +179,16 @@ def test_replays_are_refused_for_an_hour_only() -> None:
     proceed(i.datagram(req, KEY, OPEN, QUORATE, 3601.0))
 
 
-def test_status_is_not_fingerprinted() -> None:
-    """Only power actions are kept: a status changes nothing and may be asked again."""
+def test_a_replayed_status_is_refused_but_the_same_question_asked_again_is_not() -> None:
+    """A replayed status whose callback reached the requester's client while it waited for
+    another answer would give that client a wrong one: its exact bytes are refused too. Only
+    power actions are remembered by their seqno, so a new packet with the same seqno is fine."""
     i = intake()
     req = packet(Op.STATUS)
     served(i, req, 0.0)
-    assert len(i.replays) == 0
-    proceed(i.datagram(req, KEY, OPEN, QUORATE, AFTER_WINDOW))
+    assert len(i.replays) == 1
+    dropped(i.datagram(req, KEY, OPEN, QUORATE, AFTER_WINDOW), "replayed")
+    proceed(i.datagram(packet(Op.STATUS, salt=b"\5" * 6), KEY, OPEN, QUORATE, AFTER_WINDOW))
 
 
 # -- quorum ----------------------------------------------------------------------------------------
@@ -439,12 +442,13 @@ def test_stream_replay_after_the_window() -> None:
     dropped(stream(i, retransmit_stream(req), AFTER_WINDOW), "replayed")
 
 
-def test_stream_status_is_served_again_after_the_window() -> None:
+def test_stream_status_replayed_is_refused_and_a_new_packet_is_served() -> None:
     i = intake()
     req = packet(Op.STATUS, address=None)
     proceed(stream(i, req, 0.0))
     dropped(stream(i, req, 5.0), "duplicate")
-    proceed(stream(i, req, AFTER_WINDOW))
+    dropped(stream(i, req, AFTER_WINDOW), "replayed")
+    proceed(stream(i, packet(Op.STATUS, address=None, salt=b"\5" * 6), AFTER_WINDOW))
 
 
 def test_stream_power_action_while_inquorate() -> None:

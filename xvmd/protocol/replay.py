@@ -1,17 +1,19 @@
-"""Replay protection for power actions: the exact bytes of a signed packet count once per hour.
+"""Replay protection: the exact bytes of a signed packet count once per hour.
 
 The stock client draws a fresh seqno for every run and fresh ``random`` bytes for every packet
 it signs, retransmits included (fence-agents ``client/mcast.c``: seqno from ``tv_usec`` once per
 run; ``sign_request`` fills ``random`` per packet). So the exact bytes of an honest signed request
 never arrive twice: a second arrival is a network duplicate (within seconds) or a replay by
 whoever captured the packet. This catches a captured packet that was never acted on (it arrived
-while the host was not quorate, or its callback failed); ``history.py`` remembers the requests
-that were acted on, whichever copy is replayed.
+while the host was not quorate, or its callback failed), and replays of read-only requests,
+whose callback could reach the requester's client while it waits for the answer to another
+question; ``history.py`` remembers the power actions that were acted on, whichever copy is
+replayed.
 
 Rules for this module:
 1. No I/O; the clock is an argument.
-2. Only signed power actions are kept (unsigned packets carry no random bytes, so an honest
-   client's retransmits are identical). Nobody without a key can add an entry.
+2. Only signed packets are kept (unsigned packets carry no random bytes, so an honest client's
+   retransmits are identical). Nobody without a key can add an entry.
 3. Memory is bounded: ``max_entries`` fingerprints per key that signed them, the oldest going
    first (``Memory``); ``remember`` is called with times that never go backwards.
 """
@@ -25,7 +27,7 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 REPLAY_WINDOW = 3600.0
-"""Seconds during which the exact bytes of a power request are never acted on again."""
+"""Seconds during which the exact bytes of a signed request are never acted on again."""
 MAX_ENTRIES = 16384
 """Per key: one key holder's flood cannot push out what another guest cluster's key signed."""
 
@@ -83,7 +85,7 @@ class Memory(Generic[T]):
 
 
 class ReplayGuard(Memory[bytes]):
-    """Fingerprints of the signed power packets seen within the hour."""
+    """Fingerprints of the signed packets seen within the hour."""
 
     def __init__(self, window: float = REPLAY_WINDOW, max_entries: int = MAX_ENTRIES) -> None:
         super().__init__(window, max_entries)
