@@ -16,7 +16,8 @@ attack, standing for sniffed ones.
    The same with captured ``status`` packets of a shut-off VM: no status run of the running
    vm-02 is ever told OFF.
 2. One exact replay of a captured ``off`` 11 s later (duplicate window over): no connect-back
-   to the attacker's listener at the packet's callback port, vm-01 stays on.
+   to the attacker's listener at the packet's callback port, vm-01 stays on. The same right
+   after the daemon restarted (handled power actions are read back from the audit trail).
 3. Floods: one status packet with a closed callback port at 5,000/s, and 300 fresh copies of
    one request (connect attempts bounded by the 1 s back-off, cheap for the daemon, the real
    client served meanwhile); 600 distinct
@@ -414,6 +415,32 @@ def test_exact_replay_after_the_duplicate_window_is_refused(
     # The guard holds these bytes only: an honest new run (new seqno) is served as ever.
     assert xvm(netns, d, key_file, "-o", "off", "-H", "vm-01").rc == 0
     assert len(OFF_LINE.findall(d.log())) == 2
+
+
+def test_a_restart_does_not_reopen_the_replay_window(
+    start_xvmd: XvmdFactory, netns: Netns, key_file: Path
+) -> None:
+    """Handled power actions are read back from the audit trail: a daemon restarted (same
+    audit file) still refuses a replay of an off the previous one carried out."""
+    first = start_xvmd()
+    _seen, offs = capture_off(netns, first, key_file)
+    assert first.stop() == 0
+    d = start_xvmd(port=first.port)  # the same port, so the same audit file
+    # the off and the on that followed it
+    assert d.wait_for_log("replay protection: 2 power actions of the last hour read from")
+    lst = ns_socket(netns)
+    lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the client's TIME_WAIT
+    lst.bind(("127.0.0.1", d.port))
+    lst.listen(4)
+    try:
+        for packet in offs:
+            send(netns, packet, (GROUP, d.port))
+        replay_called_back = called_back(lst, 3.0)
+    finally:
+        lst.close()
+    assert not replay_called_back, "the restarted daemon called back for a replayed off"
+    assert dropped(d, "replayed") == len(offs)
+    assert xvm(netns, d, key_file, "-o", "status", "-H", "vm-01").rc == 0  # still on
 
 
 # -- 3. replay floods ----------------------------------------------------------------------------
