@@ -77,18 +77,27 @@ class Drop:
 KEPT = Drop("alternate")  # a copy kept for a retry of the callback: not counted as a drop
 
 
-def callback_problem(address: str) -> str | None:
-    """Why no client can be listening at ``address``, or None."""
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_unspecified:
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
+
+
+def callback_problem(packed: bytes) -> str | None:
+    """Why no client can be listening at the ``packed`` address (4 or 16 bytes, as the packet
+    carries it), or None. Works on the bytes: this runs for every verified datagram."""
+    if len(packed) == 16 and packed[:12] == _V4_MAPPED:
+        packed = packed[12:]
+    if len(packed) == 4:
+        if packed == b"\0\0\0\0":
+            return "an unspecified address"
+        if 224 <= packed[0] <= 239:
+            return "a multicast address"
+        if packed == b"\xff\xff\xff\xff":
+            return "the broadcast address"
+        return None
+    if packed == bytes(16):
         return "an unspecified address"
-    if ip.is_multicast:
+    if packed[0] == 0xFF:
         return "a multicast address"
-    if ip == ipaddress.IPv4Address("255.255.255.255"):
-        return "the broadcast address"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.is_link_local:
+    if packed[0] == 0xFE and packed[1] & 0xC0 == 0x80:
         return "an IPv6 link-local address (no scope can be known)"
     return None
 
@@ -140,7 +149,7 @@ class Intake:
         if req.callback is None or req.address is None:
             return Drop("no-callback", f"request from {req.address} names no callback address")
         address = req.callback[0]
-        problem = callback_problem(address)
+        problem = callback_problem(req.packed_address)
         if problem is not None:
             why = f"{req.op.label} {req.shown_target}: callback to {problem} ({address}) refused"
             return self._quiet("bad-callback", address, now, why)

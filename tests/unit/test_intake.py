@@ -103,17 +103,24 @@ def served(i: Intake, req: FenceRequest, now: float, policy: Policy = OPEN) -> P
         ("255.255.255.255", "broadcast"),
         ("fe80::1", "link-local"),
         ("::ffff:0.0.0.0", "unspecified"),
+        ("239.255.255.255", "multicast"),
+        ("ff02::1", "multicast"),
+        ("::ffff:224.0.0.12", "multicast"),
+        ("febf::1", "link-local"),
     ],
 )
 def test_callback_problem_names_unusable_addresses(address: str, words: str) -> None:
-    problem = callback_problem(address)
+    problem = callback_problem(ipaddress.ip_address(address).packed)
     assert problem is not None
     assert words in problem
 
 
-@pytest.mark.parametrize("address", ["127.0.0.1", "192.0.2.1", "2001:db8::1", "::1", "10.0.0.1"])
+@pytest.mark.parametrize(
+    "address",
+    ["127.0.0.1", "192.0.2.1", "2001:db8::1", "::1", "10.0.0.1", "223.255.255.255", "fec0::1"],
+)
 def test_callback_problem_none_for_usable_addresses(address: str) -> None:
-    assert callback_problem(address) is None
+    assert callback_problem(ipaddress.ip_address(address).packed) is None
 
 
 @pytest.mark.parametrize(

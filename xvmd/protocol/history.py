@@ -110,11 +110,11 @@ class History:
         """True when some copy of ``req`` is being or was handled (or its callback failed)."""
         key = request_key(req)
         return any(key in d for d in (self._pending, self._recorded, self._failed)) or (
-            self._is_done(req, key)
+            req.op.is_power_action and key in self._done
         )
 
-    def _is_done(self, req: FenceRequest, key: RequestKey) -> bool:
-        return req.op.is_power_action and key in self._done
+    def _is_done(self, req: FenceRequest, key: RequestKey, now: float) -> bool:
+        return req.op.is_power_action and self._done.seen_at(key, now) is not None
 
     def admit(self, req: FenceRequest, now: float) -> Admission:
         self.expire(now)
@@ -123,7 +123,7 @@ class History:
         if recorded is not None:
             recorded.copies += 1
             return Admission.DUPLICATE
-        if self._is_done(req, key):
+        if self._is_done(req, key, now):
             return Admission.REPLAYED
         if key in self._failed:
             return Admission.BACKOFF
@@ -180,7 +180,7 @@ class History:
         if entry is not None:
             entry.copies += 1
             return Admission.DUPLICATE
-        if self._is_done(req, key):
+        if self._is_done(req, key, now):
             return Admission.REPLAYED
         self.record(req, now, owner)
         return Admission.NEW

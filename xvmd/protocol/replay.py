@@ -46,12 +46,13 @@ class Memory(Generic[T]):
         self.window = window
         self.max_entries = max_entries
         self._owners: dict[bytes, OrderedDict[T, float]] = {}
+        self._expired = float("-inf")  # when expire last ran
 
     def __len__(self) -> int:
         return sum(len(items) for items in self._owners.values())
 
     def __contains__(self, item: T) -> bool:
-        """Seen and not yet expired (as of the last ``expire`` or ``seen_at``)."""
+        """Seen and not yet forgotten (``expire`` sweeps at most once a second)."""
         return any(item in items for items in self._owners.values())
 
     def remember(self, item: T, at: float, owner: bytes = b"") -> None:
@@ -69,10 +70,14 @@ class Memory(Generic[T]):
         for items in self._owners.values():
             at = items.get(item)
             if at is not None:
-                return at
+                return at if at > now - self.window else None
         return None
 
     def expire(self, now: float) -> None:
+        """Forget what has outlived the window; a sweep at most once a second (hot path)."""
+        if now - self._expired < 1.0:
+            return
+        self._expired = now
         limit = now - self.window
         for owner, items in list(self._owners.items()):
             while items:

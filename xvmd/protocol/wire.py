@@ -32,6 +32,7 @@ from dataclasses import dataclass
 REQUEST_SIZE = 176
 DOMAIN_SIZE = 64
 ADDRESS_SIZE = 28
+ADDRESS_OFFSET = 68
 HASH_OFFSET = 112
 HASH_SIZE = 64
 CHALLENGE_SIZE = 64
@@ -155,6 +156,12 @@ class FenceRequest:
     def shown_target(self) -> str:
         """The target as log lines show it: quoted, or ``-`` when the request names none."""
         return repr(self.domain) if self.domain else "-"
+
+    @property
+    def packed_address(self) -> bytes:
+        """The address as the packet carries it: 4 or 16 bytes, empty for no known family."""
+        size = {AF_INET_WIRE: 4, AF_INET6_WIRE: 16}.get(self.family, 0)
+        return self.raw[ADDRESS_OFFSET : ADDRESS_OFFSET + size]
 
     @property
     def callback(self) -> tuple[str, int] | None:
