@@ -223,12 +223,11 @@ class Intake:
         ticket = self.streams.take(peer)
         if isinstance(ticket, Ticket):
             return ticket
-        reason = "listener-busy" if ticket == "full" else "listener-peer-busy"
-        if reason == "listener-busy":
-            why = f"TCP listener full ({self.streams.used} clients): refusing {peer}"
+        if ticket == "full":
+            reason, why = "listener-busy", f"TCP listener full ({self.streams.used} clients)"
         else:
-            why = f"TCP listener: {peer} already has {self.streams.per_key} connections open"
-        return self._quiet(reason, peer, now, why)
+            reason, why = "listener-peer-busy", f"{self.streams.per_key} connections already open"
+        return self._quiet(reason, peer, now, f"TCP listener: refusing {peer}: {why}")
 
     def stream(
         self,
