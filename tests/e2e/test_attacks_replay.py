@@ -31,24 +31,28 @@ attack, standing for sniffed ones.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import os
 import re
 import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import pytest
 
 from tests.e2e.conftest import XvmdFactory
 from tests.support import pyclient
 from tests.support.harness import FIXTURES, ClientResult, Netns, Xvmd, fence_xvm, parse_list
-from xvmd.control import query
+from tests.support.inside import (
+    closed_port,
+    cpu_seconds,
+    dropped,
+    ns_socket,
+    sockets_to,
+    status,
+    wait_until,
+)
 from xvmd.protocol.auth import Key
 from xvmd.protocol.wire import REQUEST_SIZE, HashType, Op
 
@@ -71,36 +75,6 @@ CAPTURED_RUNS = 5
 OFF_LINE = re.compile(r" off 'vm-01'.* -> ")  # the one log line per answered off of vm-01
 
 # -- the attacker's tools ------------------------------------------------------------------------
-
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
-
-
-def ns_socket(
-    netns: Netns, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM, proto: int = 0
-) -> socket.socket:
-    """A socket living in ``netns``: created by a thread that entered it (setns is per thread)."""
-    out: dict[str, Any] = {}
-
-    def make() -> None:
-        try:
-            fd = os.open(f"/run/netns/{netns.name}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns failed")
-            finally:
-                os.close(fd)
-            out["sock"] = socket.socket(family, kind, proto)
-        except BaseException as exc:  # handed to the caller
-            out["error"] = exc
-
-    t = threading.Thread(target=make)
-    t.start()
-    t.join()
-    if "error" in out:
-        raise out["error"]
-    sock: socket.socket = out["sock"]
-    return sock
 
 
 class Sniffer:
@@ -190,14 +164,6 @@ def send(netns: Netns, packet: bytes, dest: tuple[str, int]) -> None:
         s.sendto(packet, dest)
 
 
-def closed_port(netns: Netns) -> int:
-    probe = ns_socket(netns)
-    probe.bind(("127.0.0.1", 0))
-    port: int = probe.getsockname()[1]
-    probe.close()
-    return port
-
-
 def full_listener(netns: Netns) -> tuple[socket.socket, list[socket.socket]]:
     """A listener that never accepts, its queue filled: further SYNs are dropped silently."""
     full = ns_socket(netns)
@@ -217,55 +183,10 @@ def full_listener(netns: Netns) -> tuple[socket.socket, list[socket.socket]]:
 # -- the daemon as seen from outside -------------------------------------------------------------
 
 
-def status(d: Xvmd) -> dict[str, Any]:
-    """``xvmd status --json``, read from the daemon's control socket."""
-    return query(d.args[d.args.index("--control") + 1])
-
-
-def dropped(d: Xvmd, reason: str) -> int:
-    return int(status(d)["counters"]["dropped"].get(reason, 0))
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the whole process (all threads), from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def sockets_to(pid: int, port: int) -> int:
-    """TCP sockets held open by ``pid`` whose peer port is ``port`` (its netns's /proc view)."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(OSError):
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    count = 0
-    for table in ("tcp", "tcp6"):
-        with open(f"/proc/{pid}/net/{table}") as fh:
-            next(fh)
-            for line in fh:
-                cols = line.split()
-                if int(cols[2].rsplit(":", 1)[1], 16) == port and cols[9] in inodes:
-                    count += 1
-    return count
-
-
 def accounted(d: Xvmd) -> int:
     """Requests the daemon has dealt with so far: held in sessions or dropped."""
     st = status(d)
     return int(st["active_sessions"]) + sum(int(n) for n in st["counters"]["dropped"].values())
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.05) -> float:
-    """Seconds until ``predicate()`` held; raises AssertionError after ``timeout``."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if predicate():
-            return time.monotonic() - t0
-        time.sleep(step)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def xvm(netns: Netns, d: Xvmd, key: Path, *args: str) -> ClientResult:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
 import hashlib
 import os
 import select
@@ -46,8 +45,8 @@ from tests.e2e.conftest import XvmdFactory
 from tests.e2e.test_cluster_conf import Deployment, start_xvmd_ccs
 from tests.support import pyclient
 from tests.support.harness import FENCE_VIRT, ClientResult, Netns, Xvmd, fence_xvm
+from tests.support.inside import closed_port, dropped, enter_netns, ns_socket, status
 from tests.support.lengthext import IV256, forge, md_pad, sha256_blocks
-from xvmd.control import query
 from xvmd.protocol.auth import Key
 from xvmd.protocol.wire import CHALLENGE_SIZE, HashType, Op
 from xvmd.settings import Settings
@@ -70,53 +69,12 @@ SEQNO_AT, HASH_AT = 104, 112  # offsets in the request (docs/protocol.md §2)
 
 # -- the attacker's sockets, inside the namespace ------------------------------------------------
 
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
-
-
-def enter_netns(netns: Netns) -> None:
-    """Move the calling thread into ``netns`` (setns is per thread)."""
-    fd = os.open(f"/run/netns/{netns.name}", os.O_RDONLY)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns failed")
-    finally:
-        os.close(fd)
-
-
-def ns_socket(netns: Netns, kind: int = socket.SOCK_STREAM) -> socket.socket:
-    """An IPv4 socket living in ``netns``, made by a short-lived thread that entered it."""
-    out: dict[str, Any] = {}
-
-    def make() -> None:
-        try:
-            enter_netns(netns)
-            out["sock"] = socket.socket(socket.AF_INET, kind)
-        except BaseException as exc:  # handed to the caller
-            out["error"] = exc
-
-    t = threading.Thread(target=make)
-    t.start()
-    t.join()
-    if "error" in out:
-        raise out["error"]
-    sock: socket.socket = out["sock"]
-    return sock
-
 
 def ns_listener(netns: Netns, host: str = "127.0.0.1", backlog: int = 16) -> socket.socket:
     lst = ns_socket(netns)
     lst.bind((host, 0))
     lst.listen(backlog)
     return lst
-
-
-def free_port(netns: Netns) -> int:
-    """A TCP port nothing in ``netns`` listens on."""
-    with ns_socket(netns) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 @dataclass
@@ -158,15 +116,6 @@ def accepted_within(lst: socket.socket, timeout: float) -> bool:
 
 
 # -- the daemon's view and the honest clients -----------------------------------------------------
-
-
-def status(d: Xvmd) -> dict[str, Any]:
-    """``xvmd status --json``, read from the daemon's control socket."""
-    return query(d.args[d.args.index("--control") + 1])
-
-
-def dropped(d: Xvmd, reason: str) -> int:
-    return int(status(d)["counters"]["dropped"].get(reason, 0))
 
 
 def xvm_status(netns: Netns, d: Xvmd, key_file: Path, vm: str) -> ClientResult:
@@ -309,7 +258,7 @@ def test_challenge_reflection_across_connect_backs_is_refused(
 ) -> None:
     d = start_xvmd()
     lst = ns_listener(netns)
-    udp = ns_socket(netns, socket.SOCK_DGRAM)
+    udp = ns_socket(netns, socket.AF_INET, socket.SOCK_DGRAM)
     cb = lst.getsockname()[1]
     key = Key(key_file.read_bytes())
     off_a = pyclient.build(Op.OFF, "vm-01", key, port=cb, seqno=103_001)
@@ -327,7 +276,7 @@ def test_reflection_between_two_daemons_sharing_a_key(
 ) -> None:
     host_a = start_xvmd("--tcp", f"127.0.0.1:{port}")
     # Not port + 1: that is host A's UDP port, where fence_xvm listens for its callback.
-    port_b = free_port(netns)
+    port_b = closed_port(netns)
     start_xvmd("--tcp", f"127.0.0.1:{port_b}")
     key = Key(key_file.read_bytes())
     off_a = pyclient.build(Op.OFF, "vm-01", key, address=None, seqno=104_001)
@@ -482,7 +431,7 @@ def test_stalled_callbacks_do_not_starve_the_listener(
 ) -> None:
     d = start_xvmd("--tcp", f"127.0.0.1:{port}")
     lst = ns_listener(netns, "0.0.0.0", backlog=256)
-    udp = ns_socket(netns, socket.SOCK_DGRAM)
+    udp = ns_socket(netns, socket.AF_INET, socket.SOCK_DGRAM)
     cb = lst.getsockname()[1]
     key = Key(key_file.read_bytes())
     # Callbacks spread over addresses: no more than PER_CALLBACK run to one address and port.
@@ -524,7 +473,7 @@ def test_callbacks_to_unusable_addresses_are_never_made(
 ) -> None:
     d = start_xvmd()
     lst = ns_listener(netns, "0.0.0.0")  # a connect to 0.0.0.0 would land here
-    udp = ns_socket(netns, socket.SOCK_DGRAM)
+    udp = ns_socket(netns, socket.AF_INET, socket.SOCK_DGRAM)
     cb = lst.getsockname()[1]
     key = Key(key_file.read_bytes())
     addresses = ["0.0.0.0", "225.0.0.12", "255.255.255.255"]
@@ -556,7 +505,7 @@ def test_callback_to_no_cluster_node_is_never_made(
     assert "127.0.0.5" not in deployment.text
     d = start_xvmd_ccs(start_xvmd, deployment)
     service = ns_listener(netns, "0.0.0.0")  # another local service, reachable at 127.0.0.5
-    udp = ns_socket(netns, socket.SOCK_DGRAM)
+    udp = ns_socket(netns, socket.AF_INET, socket.SOCK_DGRAM)
     key = Key(deployment.keys["host1"].read_bytes())
     copies = [  # one request: its first send and two retransmits (fresh random bytes)
         pyclient.build(

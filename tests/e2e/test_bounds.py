@@ -27,7 +27,6 @@ Callbacks are spread over addresses 127.0.0.2, .3, ... (one listener on 0.0.0.0)
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import select
 import socket
@@ -37,14 +36,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.e2e.conftest import XvmdFactory
 from tests.support import pyclient
 from tests.support.harness import FENCE_XVM, Netns, Xvmd, fence_xvm, run
-from xvmd.control import query
+from tests.support.inside import closed_port, dropped, ns_socket, sockets_to, status, wait_until
 from xvmd.protocol.auth import Key
 from xvmd.protocol.wire import CHALLENGE_SIZE, HashType, Op
 from xvmd.service import Limits
@@ -65,37 +63,6 @@ PER_CALLBACK = Limits().per_callback
 def spread(i: int) -> str:
     """The callback address of the i-th request: ``PER_CALLBACK`` requests per address."""
     return f"127.0.0.{2 + i // PER_CALLBACK}"
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
-
-
-def ns_socket(
-    netns: Netns, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM
-) -> socket.socket:
-    """A socket living in ``netns``: created by a thread that entered it (setns is per thread)."""
-    out: dict[str, Any] = {}
-
-    def make() -> None:
-        try:
-            fd = os.open(f"/run/netns/{netns.name}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns failed")
-            finally:
-                os.close(fd)
-            out["sock"] = socket.socket(family, kind)
-        except BaseException as exc:  # handed to the caller
-            out["error"] = exc
-
-    t = threading.Thread(target=make)
-    t.start()
-    t.join()
-    if "error" in out:
-        raise out["error"]
-    sock: socket.socket = out["sock"]
-    return sock
 
 
 class Monitor:
@@ -144,44 +111,6 @@ class Monitor:
         assert self.max_rss < rss_limit, f"xvmd RSS reached {self.max_rss / MB:.1f} MB"
 
 
-def status(d: Xvmd) -> dict[str, Any]:
-    """``xvmd status --json``, read from the daemon's control socket."""
-    return query(d.args[d.args.index("--control") + 1])
-
-
-def dropped(d: Xvmd, reason: str) -> int:
-    return int(status(d)["counters"]["dropped"].get(reason, 0))
-
-
-def wait_until(predicate: Any, timeout: float, step: float = 0.05) -> float:
-    """Seconds until ``predicate()`` held; raises AssertionError after ``timeout``."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if predicate():
-            return time.monotonic() - t0
-        time.sleep(step)
-    raise AssertionError(f"condition not met within {timeout}s")
-
-
-def sockets_to(pid: int, port: int) -> int:
-    """TCP sockets held open by ``pid`` whose peer port is ``port`` (its netns's /proc view)."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(OSError):
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    count = 0
-    for table in ("tcp", "tcp6"):
-        with open(f"/proc/{pid}/net/{table}") as fh:
-            next(fh)
-            for line in fh:
-                cols = line.split()
-                if int(cols[2].rsplit(":", 1)[1], 16) == port and cols[9] in inodes:
-                    count += 1
-    return count
-
-
 def handshake(conn: socket.socket, key: Key) -> None:
     """The client's side of the sha256 challenge-response, on an accepted callback."""
     conn.settimeout(5)
@@ -194,14 +123,6 @@ def handshake(conn: socket.socket, key: Key) -> None:
         head += data
     assert head[:CHALLENGE_SIZE] == key.digest(HashType.SHA256, c1)
     conn.sendall(key.digest(HashType.SHA256, head[CHALLENGE_SIZE:]))
-
-
-def closed_port(netns: Netns) -> int:
-    probe = ns_socket(netns)
-    probe.bind(("127.0.0.1", 0))
-    port: int = probe.getsockname()[1]
-    probe.close()
-    return port
 
 
 def client_args(port: int, key_file: Path) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import random
 import socket
@@ -13,25 +12,12 @@ import pytest
 from tests.e2e.conftest import XvmdFactory
 from tests.support import pyclient
 from tests.support.harness import Netns, fence_xvm, run_xvmd_once
+from tests.support.inside import enter_netns
 from xvmd.protocol.auth import Key
 from xvmd.protocol.history import CALLBACK_BACKOFF
 from xvmd.protocol.wire import HashType, Op
 
 pytestmark = pytest.mark.e2e
-
-
-CLONE_NEWNET = 0x40000000
-
-
-def in_netns(netns: Netns) -> None:
-    """Move this (forked child) process into ``netns``; os.setns needs Python 3.12."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{netns.name}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns failed")
-    finally:
-        os.close(fd)
 
 
 def run_in_netns(netns: Netns, fn, *args):  # type: ignore[no-untyped-def]
@@ -44,7 +30,7 @@ def run_in_netns(netns: Netns, fn, *args):  # type: ignore[no-untyped-def]
         os.close(r)
         code = 0
         try:
-            in_netns(netns)
+            enter_netns(netns)
             payload = pickle.dumps(("ok", fn(*args)))
         except BaseException as exc:  # report everything to the parent
             payload = pickle.dumps(("err", repr(exc)))
