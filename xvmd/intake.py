@@ -153,12 +153,10 @@ class Intake:
         if problem is not None:
             why = f"{req.op.label} {req.shown_target}: callback to {problem} ({address}) refused"
             return self._quiet("bad-callback", address, now, why)
-        fp = self._fingerprint(req, now, address)
-        if isinstance(fp, Drop):
-            return fp
-        keys = self._common(req, key, policy, status, now, address, fp)
-        if isinstance(keys, Drop):
-            return keys
+        checked = self._common(req, key, policy, status, now, address)
+        if isinstance(checked, Drop):
+            return checked
+        session_key, scope_key, fp = checked
         node = policy.requester(address)
         if isinstance(node, Refused):
             return self._not_a_node(req, node.reason, now)
@@ -174,7 +172,7 @@ class Intake:
         if isinstance(ticket, str):
             self.history.forget(req)  # not handled: the client's retransmit is welcome
             return self._busy(req, ticket, now)
-        return Proceed(keys[0], keys[1], ticket, owner)
+        return Proceed(session_key, scope_key, ticket, owner)
 
     def _not_a_node(self, req: FenceRequest, why: str, now: float) -> Drop:
         """Dropped quietly for now; ``overdue`` reports it if no other copy is served."""
@@ -239,19 +237,17 @@ class Intake:
         peer: str,
         ticket: Ticket,
     ) -> Proceed | Drop:
-        fp = self._fingerprint(req, now, peer)
-        if isinstance(fp, Drop):
-            return fp
-        keys = self._common(req, key, policy, status, now, peer, fp)
-        if isinstance(keys, Drop):
-            return keys
+        checked = self._common(req, key, policy, status, now, peer)
+        if isinstance(checked, Drop):
+            return checked
+        session_key, scope_key, fp = checked
         owner = key.id if key is not None else b""
         admission = self.history.admit_stream(req, now, owner)
         if fp is not None:
             self.replays.remember(fp, now, owner)
         if admission is not Admission.NEW:
             return self._not_new(req, admission, now, peer)
-        return Proceed(keys[0], keys[1], ticket, owner)
+        return Proceed(session_key, scope_key, ticket, owner)
 
     def forged(self, who: str, now: float) -> Drop:
         """A signature made from an answer to a challenge (length extension): an attack."""
@@ -306,9 +302,12 @@ class Intake:
         status: QuorumStatus | None,
         now: float,
         who: str,
-        fp: bytes | None,
-    ) -> tuple[Key | None, Key | None] | Drop:
-        """Key choice and quorum: the checks both paths share."""
+    ) -> tuple[Key | None, Key | None, bytes | None] | Drop:
+        """Exact-bytes replay, key choice and quorum, the checks both paths share: (session
+        key, scope key, the packet's fingerprint when signed)."""
+        fp = self._fingerprint(req, now, who)
+        if isinstance(fp, Drop):
+            return fp
         keys = self._keys(req, key, policy, now, who)
         if isinstance(keys, Drop):
             return keys
@@ -320,7 +319,7 @@ class Intake:
                 self.replays.remember(fp, now, key.id if key is not None else b"")
             # Not recorded in the history: once quorum is back, the retransmit is served.
             return self._per_request_drop(req, now, "inquorate", why)
-        return keys
+        return keys[0], keys[1], fp
 
     def _replayed(self, req: FenceRequest, now: float, who: str) -> Drop:
         why = (
