@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 import ccs
-from xvmd.intake import KEPT, SETTLE, Drop, Intake, Proceed, callback_problem, sender
+from xvmd.addresses import callback_problem, sender
+from xvmd.intake import KEPT, SETTLE, Drop, Intake, Proceed
 from xvmd.limits import Ticket
 from xvmd.policy import Policy
 from xvmd.protocol.auth import Key, sign_request

@@ -60,6 +60,7 @@ def rel(p: Path) -> str:
         *sorted(REPO.glob("xvmd/protocol/*.py")),
         REPO / "xvmd/policy.py",
         REPO / "xvmd/intake.py",
+        REPO / "xvmd/addresses.py",
         REPO / "xvmd/limits.py",
         *(REPO / f"ccs/{m}.py" for m in ("issues", "model", "parse", "validate", "reload")),
     ],
