@@ -1,8 +1,9 @@
-"""Access to the captured fence_xvm / fence_virtd traffic in the shared reference directory.
+"""Access to the captured fence_xvm / fence_virtd traffic in ``fixtures/vectors``.
 
 The vectors are genuine: the Debian 12 ``fence_xvm`` client talking to the real ``fence_virtd``
-(see ``README.md`` beside them). The directory can be moved with ``XVMD_REFERENCE_VECTORS``;
-when it is absent, the tests that need it are skipped (``AVAILABLE`` is False).
+(see ``README.md`` beside them). ``XVMD_REFERENCE_VECTORS`` points at another directory of the
+same layout; when it is absent, the tests that need it are skipped (``AVAILABLE`` is False), or
+fail under ``XVMD_STRICT=1``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# The reference material sits beside the checkout: <checkout>/../shared/reference/vectors
-_DEFAULT_DIR = Path(__file__).resolve().parents[3] / "shared" / "reference" / "vectors"
+# Part of the repository, so that a clone with nothing beside it passes its own tests.
+_DEFAULT_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "vectors"
 VECTOR_DIR = Path(os.environ.get("XVMD_REFERENCE_VECTORS", str(_DEFAULT_DIR)))
 AVAILABLE = (VECTOR_DIR / "sessions.json").is_file() and (VECTOR_DIR / "fence_xvm.key").is_file()
 SKIP_REASON = f"captured reference vectors not found in {VECTOR_DIR}"
