@@ -23,6 +23,7 @@ from .audit import AuditError, AuditLog, handled_power_actions
 from .backend import Backend
 from .executor import BackendRunner
 from .keys import KeyFileError, load_key
+from .limits import Limits
 from .net import tcp, udp
 from .net.iface import InterfaceError, LinkWatcher, interface_index
 from .operations import Clock
@@ -30,7 +31,7 @@ from .policy import Policy
 from .protocol.wire import Op
 from .quorum import QuorumSource
 from .reloader import Reloader
-from .service import Auth, FenceService, Limits
+from .service import Auth, FenceService
 from .settings import Listener, Settings
 
 log = logging.getLogger("xvmd")

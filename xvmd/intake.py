@@ -34,7 +34,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 
 from .addresses import callback_problem, sender
-from .limits import Quota, Throttle, Ticket
+from .limits import Limits, Quota, Throttle, Ticket
 from .policy import Gate, Policy, Refused, quorum_gate
 from .protocol.auth import Key
 from .protocol.history import Admission, History, RequestKey, request_key
@@ -78,20 +78,13 @@ KEPT = Drop("alternate")  # a copy kept for a retry of the callback: not counted
 
 
 class Intake:
-    def __init__(
-        self,
-        *,
-        auth: HashType,
-        max_sessions: int,
-        per_callback: int,
-        max_stream: int,
-        per_peer: int,
-    ) -> None:
+    def __init__(self, auth: HashType, limits: Limits) -> None:
         self.auth = auth
         self.history = History()
         self.replays = ReplayGuard()
-        self.sessions = Quota(max_sessions, per_callback)  # keyed by callback (address, port)
-        self.streams = Quota(max_stream, per_peer)  # keyed by peer address
+        # keyed by callback (address, port), and by peer address (``sender``)
+        self.sessions = Quota(limits.max_sessions, limits.per_callback)
+        self.streams = Quota(limits.max_stream, limits.per_peer)
         self.per_source = Throttle(FLOOD_INTERVAL)
         self.per_request = Throttle(PER_REQUEST_INTERVAL)
         # Copies from addresses of no cluster node, reported only if no copy gets served.

@@ -12,6 +12,19 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Session quotas: multicast callbacks and TCP listener clients never share a budget."""
+
+    max_sessions: int = 128  # connect-back sessions in all
+    per_callback: int = 4  # ... to one callback address and port (a stock client takes one)
+    max_stream: int = 32  # TCP listener clients in all
+    per_peer: int = 4  # ... from one peer address (an IPv6 /64 counts as one)
+
+
+DEFAULT_LIMITS = Limits()
+
+
 class Quota:
     """At most ``total`` holders at once, and at most ``per_key`` of them with one key.
 

@@ -24,6 +24,7 @@ from .audit import AuditLog
 from .backend import BackendError
 from .executor import BackendRunner, Deadline
 from .intake import KEPT, Drop, Intake, Proceed
+from .limits import DEFAULT_LIMITS, Limits
 from .net import tcp
 from .policy import Gate, Policy, Refused, quorum_gate
 from .protocol.auth import Key, Rejected, check_datagram, verify_request
@@ -62,16 +63,6 @@ class Auth:
     auth: HashType
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Session quotas: multicast callbacks and TCP listener clients never share a budget."""
-
-    max_sessions: int = 128  # connect-back sessions in all
-    per_callback: int = 4  # ... to one callback address and port (a stock client takes one)
-    max_stream: int = 32  # TCP listener clients in all
-    per_peer: int = 4  # ... from one peer address
-
-
 class FenceService:
     def __init__(
         self,
@@ -79,7 +70,7 @@ class FenceService:
         policy: Policy,
         runner: BackendRunner,
         *,
-        limits: Limits = Limits(),
+        limits: Limits = DEFAULT_LIMITS,
         now: Callable[[], float] | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
         quorum: Callable[[], QuorumStatus] | None = None,
@@ -90,13 +81,7 @@ class FenceService:
         # Swapped whole on reload; each request keeps the policy it started with.
         self.policy = policy
         self.runner = runner
-        self.intake = Intake(
-            auth=auth.auth,
-            max_sessions=limits.max_sessions,
-            per_callback=limits.per_callback,
-            max_stream=limits.max_stream,
-            per_peer=limits.per_peer,
-        )
+        self.intake = Intake(auth.auth, limits)
         self.stats = Stats()
         self._now = now or asyncio.get_event_loop().time
         self._random = random_bytes

@@ -52,7 +52,7 @@ from xvmd.protocol.wire import CHALLENGE_SIZE, HashType, Op
 from xvmd.settings import Settings
 
 try:
-    from xvmd.service import Limits
+    from xvmd.limits import Limits
 
     LIMITS: Any = Limits()
 except ImportError:  # the daemon before the separate quotas (kept runnable there, to compare)

@@ -19,7 +19,7 @@ import pytest
 import ccs
 from xvmd.addresses import callback_problem, sender
 from xvmd.intake import KEPT, SETTLE, Drop, Intake, Proceed
-from xvmd.limits import Ticket
+from xvmd.limits import Limits, Ticket
 from xvmd.policy import Policy
 from xvmd.protocol.auth import Key, sign_request
 from xvmd.protocol.history import DUPLICATE_WINDOW
@@ -68,9 +68,7 @@ def retransmit(
 
 
 def intake(auth: HashType = HashType.SHA256, **limits: int) -> Intake:
-    bounds = {"max_sessions": 128, "per_callback": 4, "max_stream": 32, "per_peer": 4}
-    bounds.update(limits)
-    return Intake(auth=auth, **bounds)
+    return Intake(auth, Limits(**limits))
 
 
 def proceed(verdict: Proceed | Drop) -> Proceed:
