@@ -77,6 +77,11 @@ class Drop:
 KEPT = Drop("alternate")  # a copy kept for a retry of the callback: not counted as a drop
 
 
+def _owner(key: Key | None) -> bytes:
+    """Whose quota of replay memory a request fills: its signing key's (b"": unsigned)."""
+    return key.id if key is not None else b""
+
+
 class Intake:
     def __init__(self, auth: HashType, limits: Limits) -> None:
         self.auth = auth
@@ -115,7 +120,7 @@ class Intake:
         if isinstance(node, Refused):
             return self._not_a_node(req, node.reason, now)
         admission = self.history.admit(req, now)
-        owner = key.id if key is not None else b""
+        owner = _owner(key)
         if fp is not None:
             # Every copy a key holder's client sent, even one dropped as a duplicate: if this
             # request is never handled, a captured copy must not be acted on later either.
@@ -195,7 +200,7 @@ class Intake:
         if isinstance(checked, Drop):
             return checked
         session_key, scope_key, fp = checked
-        owner = key.id if key is not None else b""
+        owner = _owner(key)
         admission = self.history.admit_stream(req, now, owner)
         if fp is not None:
             self.replays.remember(fp, now, owner)
@@ -270,7 +275,7 @@ class Intake:
             if fp is not None:
                 # These bytes are never acted on later: the client's retransmit is, once
                 # quorum is back, but a captured copy cannot be saved for a moment it suits.
-                self.replays.remember(fp, now, key.id if key is not None else b"")
+                self.replays.remember(fp, now, _owner(key))
             # Not recorded in the history: once quorum is back, the retransmit is served.
             return self._per_request_drop(req, now, "inquorate", why)
         return keys[0], keys[1], fp

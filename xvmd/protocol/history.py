@@ -85,8 +85,6 @@ class History:
         self.window = window
         self.max_entries = max_entries
         self.backoff = backoff
-        self.done_window = done_window
-        self.max_done = max_done
         self._done: Memory[RequestKey] = Memory(done_window, max_done)  # power actions handled
         self._pending: OrderedDict[RequestKey, _Pending] = OrderedDict()
         self._recorded: OrderedDict[RequestKey, _Recorded] = OrderedDict()
@@ -95,6 +93,10 @@ class History:
     def __len__(self) -> int:
         """Entries that expire within seconds (the hour-long memory of power actions aside)."""
         return len(self._pending) + len(self._recorded) + len(self._failed)
+
+    @property
+    def done_window(self) -> float:
+        return self._done.window
 
     @property
     def done(self) -> int:
