@@ -19,6 +19,8 @@ import threading
 import time
 from typing import Any
 
+from .protocol.wire import Op
+
 log = logging.getLogger("xvmd.audit")
 
 DEFAULT_AUDIT = "/var/lib/xvmd/audit.jsonl"
@@ -73,7 +75,7 @@ def now_fields() -> dict[str, Any]:
     }
 
 
-POWER_OPS = frozenset({"off", "on", "reboot"})
+POWER_OPS = frozenset(op.label for op in Op if op.is_power_action)
 _EPOCH = re.compile(rb'"epoch":([0-9.]+)')
 _NOT_HANDLED = frozenset({"dropped"})  # refused before any connection was made
 

@@ -28,6 +28,7 @@ from .net import tcp, udp
 from .net.iface import InterfaceError, LinkWatcher, interface_index
 from .operations import Clock
 from .policy import Policy
+from .protocol.history import key_of
 from .protocol.wire import Op
 from .quorum import QuorumSource
 from .reloader import Reloader
@@ -363,7 +364,7 @@ def _restore_replay_memory(service: FenceService, path: str, now: float) -> None
     ops = {op.label: op for op in Op}
     found = handled_power_actions(path, wall - history.done_window)
     for epoch, label, seqno, target in found:
-        history.remember_done((int(ops[label]), seqno, target.casefold()), now - (wall - epoch))
+        history.remember_done(key_of(ops[label], seqno, target), now - (wall - epoch))
     if found:
         log.info(
             "replay protection: %d power actions of the last hour read from %s", len(found), path

@@ -27,7 +27,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from .replay import Memory
-from .wire import FenceRequest
+from .wire import FenceRequest, Op
 
 DUPLICATE_WINDOW = 10.0
 CALLBACK_BACKOFF = 1.0
@@ -57,7 +57,12 @@ RequestKey = tuple[int, int, str]
 
 
 def request_key(req: FenceRequest) -> RequestKey:
-    return (int(req.op), req.seqno, req.domain.casefold())
+    return key_of(req.op, req.seqno, req.domain)
+
+
+def key_of(op: Op, seqno: int, domain: str) -> RequestKey:
+    """The identity of a request: op, seqno and the target in any case."""
+    return (int(op), seqno, domain.casefold())
 
 
 @dataclass(slots=True)
