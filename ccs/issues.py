@@ -20,10 +20,12 @@ class Severity(enum.StrEnum):
 class Code(enum.StrEnum):
     # Structure
     CONFIG_UNREADABLE = "config-unreadable"
+    CONFIG_TOO_LARGE = "config-too-large"
     XML_SYNTAX = "xml-syntax"
     NOT_CLUSTER = "not-cluster"
     MISSING_ELEMENT = "missing-element"
     MISSING_ATTRIBUTE = "missing-attribute"
+    TOO_MANY_NODES = "too-many-nodes"
     # Values
     BAD_NUMBER = "bad-number"
     BAD_PORT = "bad-port"
@@ -77,12 +79,15 @@ SEVERITY.update(
 )
 
 DESCRIPTION: dict[Code, str] = {
-    Code.CONFIG_UNREADABLE: "cluster.conf itself cannot be read",
+    Code.CONFIG_UNREADABLE: "cluster.conf itself cannot be read (or is not a regular file)",
+    Code.CONFIG_TOO_LARGE: "cluster.conf is larger than 4 MiB; it is not read",
     Code.XML_SYNTAX: "the file is not well-formed XML",
     Code.NOT_CLUSTER: "the root element is not <cluster>",
     Code.MISSING_ELEMENT: "a required element is missing",
     Code.MISSING_ATTRIBUTE: "a required attribute is missing or empty",
-    Code.BAD_NUMBER: "a value that must be a whole number is not one, or is out of range",
+    Code.TOO_MANY_NODES: "more than 1024 cluster nodes; the nodes are not read",
+    Code.BAD_NUMBER: "a value that must be a whole number is not one, or is out of range "
+    "(at most 2147483647)",
     Code.BAD_PORT: "a port is not a number in 1..65535",
     Code.BAD_HASH: "a hash or auth name is not none, sha1, sha256 or sha512",
     Code.BAD_ADDRESS: "an address is not a valid IP (or multicast group)",

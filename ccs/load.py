@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .issues import Code, Issue, has_errors
+from .issues import Issue, has_errors
 from .model import Cluster
 from .parse import parse
 from .source import SourceError, key_paths, read_config, read_keys
@@ -33,7 +33,7 @@ class LoadResult:
     issues: tuple[Issue, ...]
     cluster: Cluster | None = None
     plan: HostPlan | None = None
-    unreadable: str | None = None  # set when the file itself could not be read
+    unreadable: str | None = None  # set when the file itself was not read (why), e.g. too large
 
 
 Resolver = Callable[[Iterable[str]], Mapping[str, tuple[str, ...]]]
@@ -50,7 +50,7 @@ def load(
     try:
         data = read_config(path)
     except SourceError as exc:
-        issue = Issue(Code.CONFIG_UNREADABLE, str(exc), path, 0)
+        issue = Issue(exc.code, str(exc), path, 0)
         return LoadResult(None, (issue,), unreadable=str(exc))
     return load_bytes(data, path, devices, resolver)
 

@@ -5,17 +5,24 @@ Rules:
 2. Never stops at the first problem: everything that can be checked is checked, so one run of
    ``xvmd check-config`` shows the operator the whole list.
 3. The XML parser resolves no entities and fetches nothing from the network.
+4. Bounded: past ``ccs.limits`` the file is refused, not walked; nothing here raises for any
+   input (no int() of unbounded text).
+5. A problem with an attribute points at that attribute's line, one with an element at the
+   line where its start tag begins (``ccs.lines``).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import islice
 
 from lxml import etree
 
 from .issues import Code, Issue
+from .limits import MAX_CONFIG_BYTES, MAX_NODES, MAX_NUMBER
+from .lines import SourceLines
 from .model import (
     AltName,
     Cluster,
@@ -34,12 +41,35 @@ _TRUE = frozenset({"1", "yes", "true", "on"})
 _FALSE = frozenset({"0", "no", "false", "off"})
 MAX_DOMAIN_BYTES = 63
 _DIGITS = re.compile(r"\+?[0-9]+")
+_NUMBER_DIGITS = len(str(MAX_NUMBER))
 
 
 def _parser() -> etree.XMLParser:
     return etree.XMLParser(
         resolve_entities=False, no_network=True, remove_comments=True, huge_tree=False
     )
+
+
+def whole_number(text: str) -> int | None:
+    """``text`` as a number in 0..MAX_NUMBER, or None.
+
+    ASCII digits only: int() would also take "1_0" or other scripts' digits, which cman's
+    atoi() reads differently, and the two must agree on versions and nodeids. The digits are
+    counted before int() sees them: int() of thousands of digits raises.
+    """
+    text = text.strip()
+    if not _DIGITS.fullmatch(text):
+        return None
+    digits = text.lstrip("+").lstrip("0") or "0"
+    if len(digits) > _NUMBER_DIGITS:
+        return None
+    value = int(digits)
+    return value if value <= MAX_NUMBER else None
+
+
+def _shown(raw: str) -> str:
+    """An attribute value for a message: a long one is cut (it may be megabytes)."""
+    return raw if len(raw) <= 40 else f"{raw[:32]}... ({len(raw)} characters)"
 
 
 def parse_bool(text: str) -> bool | None:
@@ -54,17 +84,29 @@ def parse_bool(text: str) -> bool | None:
 class _Checker:
     """Collects issues for one file; small helpers keep the element walkers readable."""
 
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, data: bytes) -> None:
         self.file = file
         self.issues: list[Issue] = []
+        self.lines = SourceLines(data)
 
     def add(self, code: Code, message: str, line: int | None) -> None:
         self.issues.append(Issue(code, message, self.file, line or 0))
 
+    def line(self, el: etree._Element) -> int:
+        """Where ``el``'s start tag begins: for problems with the element as a whole."""
+        return self.lines.start(el)
+
+    def at(self, el: etree._Element, attr: str) -> int:
+        """The line of ``attr=`` in ``el``'s start tag: for problems with its value."""
+        return self.lines.attr(el, attr)
+
+    def bad(self, code: Code, el: etree._Element, attr: str, raw: str, why: str) -> None:
+        self.add(code, f'<{el.tag}> {attr}="{_shown(raw)}" {why}', self.at(el, attr))
+
     def required(self, el: etree._Element, attr: str) -> str | None:
         value = el.get(attr)
         if value is None or not value.strip():
-            self.add(Code.MISSING_ATTRIBUTE, f"<{el.tag}> needs a {attr}= attribute", _line(el))
+            self.add(Code.MISSING_ATTRIBUTE, f"<{el.tag}> needs a {attr}= attribute", self.line(el))
             return None
         return value.strip()
 
@@ -74,44 +116,27 @@ class _Checker:
         raw = self.required(el, attr) if required else el.get(attr)
         if raw is None:
             return None
-        # ASCII digits only: int() would also take "1_0" or other scripts' digits, which
-        # cman's atoi() reads differently, and the two must agree on versions and nodeids.
-        text = raw.strip()
-        value = int(text) if _DIGITS.fullmatch(text) else None
+        value = whole_number(raw)
         if value is None or value < minimum:
-            self.add(
-                Code.BAD_NUMBER,
-                f'<{el.tag}> {attr}="{raw}" is not a whole number >= {minimum}',
-                _line(el),
-            )
+            why = f"is not a whole number in {minimum}..{MAX_NUMBER}"
+            self.bad(Code.BAD_NUMBER, el, attr, raw, why)
             return None
         return value
 
     def port(self, el: etree._Element, attr: str) -> None:
         raw = el.get(attr)
-        text = (raw or "").strip()
-        if raw is not None and not (_DIGITS.fullmatch(text) and 1 <= int(text) <= 65535):
-            self.add(
-                Code.BAD_PORT, f'<{el.tag}> {attr}="{raw}" is not a port in 1..65535', _line(el)
-            )
+        if raw is not None and not 1 <= (whole_number(raw) or 0) <= 65535:
+            self.bad(Code.BAD_PORT, el, attr, raw, "is not a port in 1..65535")
 
     def hash_name(self, el: etree._Element, attr: str) -> None:
         raw = el.get(attr)
         if raw is not None and raw.strip().lower() not in HASH_NAMES:
-            self.add(
-                Code.BAD_HASH,
-                f'<{el.tag}> {attr}="{raw}" is not none, sha1, sha256 or sha512',
-                _line(el),
-            )
+            self.bad(Code.BAD_HASH, el, attr, raw, "is not none, sha1, sha256 or sha512")
 
     def family(self, el: etree._Element, attr: str) -> None:
         raw = el.get(attr)
         if raw is not None and raw.strip().lower() not in FAMILIES:
-            self.add(
-                Code.BAD_FAMILY,
-                f'<{el.tag}> {attr}="{raw}" is not auto, ipv4 or ipv6',
-                _line(el),
-            )
+            self.bad(Code.BAD_FAMILY, el, attr, raw, "is not auto, ipv4 or ipv6")
 
     def multicast(self, el: etree._Element, attr: str) -> None:
         raw = el.get(attr)
@@ -122,11 +147,7 @@ class _Checker:
         except ValueError:
             ok = False
         if not ok:
-            self.add(
-                Code.BAD_ADDRESS,
-                f'<{el.tag}> {attr}="{raw}" is not a multicast group',
-                _line(el),
-            )
+            self.bad(Code.BAD_ADDRESS, el, attr, raw, "is not a multicast group")
 
     def boolean(self, el: etree._Element, attr: str) -> bool | None:
         raw = el.get(attr)
@@ -134,21 +155,20 @@ class _Checker:
             return None
         value = parse_bool(raw)
         if value is None:
-            self.add(Code.BAD_BOOLEAN, f'<{el.tag}> {attr}="{raw}" is not 0 or 1', _line(el))
+            self.bad(Code.BAD_BOOLEAN, el, attr, raw, "is not 0 or 1")
         return value
-
-
-def _line(el: etree._Element) -> int:
-    line = el.sourceline
-    return line if isinstance(line, int) else 0
 
 
 def _attrs(el: etree._Element, *skip: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in el.attrib.items() if k not in skip}
 
 
+def _iter_children(el: etree._Element, tag: str) -> Iterator[etree._Element]:
+    return (c for c in el if isinstance(c.tag, str) and etree.QName(c).localname == tag)
+
+
 def _children(el: etree._Element, tag: str) -> list[etree._Element]:
-    return [c for c in el if isinstance(c.tag, str) and etree.QName(c).localname == tag]
+    return list(_iter_children(el, tag))
 
 
 def _child(el: etree._Element, tag: str) -> etree._Element | None:
@@ -179,12 +199,12 @@ def _device_ref(ck: _Checker, el: etree._Element) -> DeviceRef | None:
                 Code.DOMAIN_TOO_LONG,
                 f'<device> {attr}="{vm[:20]}..." is '
                 f"{len(vm.encode())} bytes; a request carries at most {MAX_DOMAIN_BYTES}",
-                _line(el),
+                ck.at(el, attr),
             )
     if name is None:
         return None
     attrs = _attrs(el, "name")
-    return DeviceRef(name, frozen_attrs(attrs), _line(el))
+    return DeviceRef(name, frozen_attrs(attrs), ck.line(el))
 
 
 def _node(ck: _Checker, el: etree._Element) -> ClusterNode | None:
@@ -195,13 +215,13 @@ def _node(ck: _Checker, el: etree._Element) -> ClusterNode | None:
     for alt in _children(el, "altname"):
         alt_name = ck.required(alt, "name")
         if alt_name:
-            altnames.append(AltName(alt_name, _line(alt)))
+            altnames.append(AltName(alt_name, ck.line(alt)))
     methods = []
     fence = _child(el, "fence")
     for m in _children(fence, "method") if fence is not None else []:
         mname = ck.required(m, "name")
         refs = [r for r in (_device_ref(ck, d) for d in _children(m, "device")) if r]
-        methods.append(Method(mname or "?", tuple(refs), _line(m)))
+        methods.append(Method(mname or "?", tuple(refs), ck.line(m)))
     unfence_el = _child(el, "unfence")
     unfence = (
         []
@@ -217,7 +237,7 @@ def _node(ck: _Checker, el: etree._Element) -> ClusterNode | None:
         altnames=tuple(altnames),
         methods=tuple(methods),
         unfence=tuple(unfence),
-        line=_line(el),
+        line=ck.line(el),
     )
 
 
@@ -230,7 +250,7 @@ def _fencedevice(ck: _Checker, el: etree._Element) -> FenceDevice | None:
     if name is None or agent is None:
         return None
     attrs = _attrs(el, "name", "agent")
-    return FenceDevice(name, agent, frozen_attrs(attrs), _line(el))
+    return FenceDevice(name, agent, frozen_attrs(attrs), ck.line(el))
 
 
 def _fence_xvmd(ck: _Checker, el: etree._Element) -> FenceXvmd:
@@ -238,7 +258,7 @@ def _fence_xvmd(ck: _Checker, el: etree._Element) -> FenceXvmd:
     ck.port(el, "port")
     devices = tuple(d for d in (el.get("device") or "").replace(",", " ").split() if d)
     attrs = _attrs(el, "device")
-    return FenceXvmd(frozen_attrs(attrs), devices, _line(el))
+    return FenceXvmd(frozen_attrs(attrs), devices, ck.line(el))
 
 
 def _collect(
@@ -252,57 +272,79 @@ def _collect(
     return [x for x in (fn(ck, el) for el in _children(parent, tag)) if x is not None]
 
 
+def _nodes(ck: _Checker, parent: etree._Element) -> list[ClusterNode] | None:
+    """The valid nodes; None when there are more than MAX_NODES (then none is walked)."""
+    els = list(islice(_iter_children(parent, "clusternode"), MAX_NODES + 1))
+    if len(els) > MAX_NODES:
+        ck.add(
+            Code.TOO_MANY_NODES,
+            f"<clusternodes> has more than {MAX_NODES} <clusternode> elements (this is "
+            f"number {MAX_NODES + 1}); xvmd reads at most {MAX_NODES}",
+            ck.line(els[-1]),
+        )
+        return None
+    return [n for n in (_node(ck, el) for el in els) if n is not None]
+
+
+def _cman(ck: _Checker, el: etree._Element | None) -> Cman:
+    if el is None:
+        return Cman()
+    return Cman(
+        expected_votes=ck.number(el, "expected_votes"),
+        two_node=bool(ck.boolean(el, "two_node")),
+        line=ck.line(el),
+    )
+
+
+def _tree(data: bytes, file: str) -> tuple[etree._Element | None, list[Issue]]:
+    """The root element, or why there is none (too large, not XML)."""
+    if len(data) > MAX_CONFIG_BYTES:
+        why = f"{file}: is {len(data)} bytes, more than the {MAX_CONFIG_BYTES} allowed"
+        return None, [Issue(Code.CONFIG_TOO_LARGE, why, file, 0)]
+    try:
+        return etree.fromstring(data, _parser()), []
+    except etree.XMLSyntaxError as exc:
+        return None, [Issue(Code.XML_SYNTAX, str(exc.msg or exc), file, exc.lineno or 0)]
+
+
 def parse(data: bytes, file: str) -> tuple[Cluster | None, list[Issue]]:
     """Parse cluster.conf ``data`` (named ``file`` in messages).
 
     Returns:
-        The cluster (None when the file is unusable: not XML, wrong root, no name/version or
-        nodes) and every issue found, in file order.
+        The cluster (None when the file is unusable: too large, not XML, wrong root, no
+        name/version or nodes, too many nodes) and every issue found, in file order.
     """
-    ck = _Checker(file)
-    try:
-        root = etree.fromstring(data, _parser())
-    except etree.XMLSyntaxError as exc:
-        line = exc.lineno or 0
-        ck.add(Code.XML_SYNTAX, str(exc.msg or exc), line)
-        return None, ck.issues
+    root, issues = _tree(data, file)
+    if root is None:
+        return None, issues
+    ck = _Checker(file, data)
     if etree.QName(root).localname != "cluster":
-        ck.add(Code.NOT_CLUSTER, f"root element is <{root.tag}>, expected <cluster>", _line(root))
+        ck.add(Code.NOT_CLUSTER, f"root element is <{root.tag}>, expected <cluster>", ck.line(root))
         return None, ck.issues
     name = ck.required(root, "name")
     version = ck.number(root, "config_version", required=True)
     if name is not None and len(name) > 16:
-        ck.add(
-            Code.CLUSTER_NAME_LONG,
-            f"cluster name {name!r} has {len(name)} characters",
-            _line(root),
-        )
-    cman_el = _child(root, "cman")
-    cman = Cman()
-    if cman_el is not None:
-        cman = Cman(
-            expected_votes=ck.number(cman_el, "expected_votes"),
-            two_node=bool(ck.boolean(cman_el, "two_node")),
-            line=_line(cman_el),
-        )
+        why = f"cluster name {_shown(name)!r} has {len(name)} characters"
+        ck.add(Code.CLUSTER_NAME_LONG, why, ck.at(root, "name"))
+    cman = _cman(ck, _child(root, "cman"))
     nodes_el = _child(root, "clusternodes")
     if nodes_el is None:
-        ck.add(Code.MISSING_ELEMENT, "<cluster> has no <clusternodes>", _line(root))
-    nodes = _collect(ck, nodes_el, "clusternode", _node)
+        ck.add(Code.MISSING_ELEMENT, "<cluster> has no <clusternodes>", ck.line(root))
+    nodes = None if nodes_el is None else _nodes(ck, nodes_el)
     devices = _collect(ck, _child(root, "fencedevices"), "fencedevice", _fencedevice)
     xvmd_el = _child(root, "fence_xvmd")
     fence_xvmd = _fence_xvmd(ck, xvmd_el) if xvmd_el is not None else None
     ck.issues.sort(key=lambda i: i.line)
-    if name is None or version is None or nodes_el is None:
+    if name is None or version is None or nodes is None:
         return None, ck.issues
     cluster = Cluster(
         name=name,
         config_version=version,
         cman=cman,
-        nodes=tuple(n for n in nodes if isinstance(n, ClusterNode)),
+        nodes=tuple(nodes),
         devices=tuple(d for d in devices if isinstance(d, FenceDevice)),
         fence_xvmd=fence_xvmd,
         file=file,
-        line=_line(root) or 1,
+        line=ck.line(root) or 1,
     )
     return cluster, ck.issues

@@ -1,4 +1,10 @@
-"""File I/O for the config layer: the cluster.conf bytes and the key files it names."""
+"""File I/O for the config layer: the cluster.conf bytes and the key files it names.
+
+Rules:
+1. A path is stat'ed before it is opened, and opened non-blocking: a FIFO, a device or a
+   directory in its place is refused at once, never waited on or read without end.
+2. At most a bounded number of bytes is read from any file (MAX_CONFIG_BYTES, MAX_KEY_LEN + 1).
+"""
 
 from __future__ import annotations
 
@@ -9,48 +15,129 @@ import socket
 import stat
 from collections.abc import Iterable
 
+from .issues import Code
+from .limits import MAX_CONFIG_BYTES
 from .model import Cluster
 from .validate import MAX_KEY_LEN, KeyState
 
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
 
 class SourceError(Exception):
-    """cluster.conf itself cannot be read; the message names the path and the reason."""
+    """cluster.conf itself cannot be read; the message names the path and the reason, ``code``
+    the problem code to report it under."""
+
+    def __init__(self, message: str, code: Code = Code.CONFIG_UNREADABLE) -> None:
+        super().__init__(message)
+        self.code = code
 
 
-def read_config(path: str) -> bytes:
-    """Raises SourceError."""
+class _NotRegular(Exception):
+    """The path (after symlinks) is not a regular file; the message says what it is."""
+
+
+def _kind(mode: int) -> str:
+    return next((what for test, what in _KINDS if test(mode)), "of an unknown type")
+
+
+def _open_regular(path: str) -> tuple[int, os.stat_result]:
+    """An fd open on ``path`` and its fstat, once both stat and fstat say regular file.
+
+    Raises:
+        _NotRegular: with what the path is instead.
+        OSError: from stat or open.
+    """
+    # stat first: even a non-blocking open of a device can have side effects.
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise _NotRegular(_kind(st.st_mode))
+    fd = os.open(path, _OPEN_FLAGS)
     try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except FileNotFoundError:
-        raise SourceError(f"{path}: no such file") from None
-    except PermissionError:
-        raise SourceError(f"{path}: permission denied") from None
-    except IsADirectoryError:
-        raise SourceError(f"{path}: is a directory") from None
+        st = os.fstat(fd)  # the path may have been swapped between stat and open
+        if not stat.S_ISREG(st.st_mode):
+            raise _NotRegular(_kind(st.st_mode))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    left = limit
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_config(path: str, limit: int = MAX_CONFIG_BYTES) -> bytes:
+    """The bytes of cluster.conf, at most ``limit`` of them.
+
+    Raises:
+        SourceError: missing, unreadable or not a regular file (``config-unreadable``), or
+            larger than ``limit`` bytes (``config-too-large``).
+    """
+    try:
+        fd, st = _open_regular(path)
+    except _NotRegular as exc:
+        raise SourceError(f"{path}: is {exc}, not a regular file") from None
     except OSError as exc:
-        raise SourceError(f"{path}: {exc.strerror or exc}") from None
+        raise SourceError(_os_reason(path, exc)) from None
+    try:
+        if st.st_size > limit:
+            raise _too_large(f"{path}: is {st.st_size} bytes, more than the {limit} allowed")
+        data = _read_at_most(fd, limit + 1)
+    except OSError as exc:
+        raise SourceError(_os_reason(path, exc)) from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise _too_large(f"{path}: grew past the {limit} bytes allowed while it was read")
+    return data
+
+
+def _too_large(message: str) -> SourceError:
+    return SourceError(message, Code.CONFIG_TOO_LARGE)
+
+
+def _os_reason(path: str, exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return f"{path}: no such file"
+    if isinstance(exc, PermissionError):
+        return f"{path}: permission denied"
+    return f"{path}: {exc.strerror or exc}"
 
 
 def read_key(path: str) -> KeyState:
+    """What is at a key path: its first MAX_KEY_LEN + 1 bytes, size and mode, or the problem
+    ("missing", "not a regular file", "unreadable: WHY")."""
     try:
-        # stat first and open non-blocking: opening a FIFO would otherwise wait for a writer.
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return KeyState(path, None, "not a regular file")
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        with os.fdopen(fd, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                return KeyState(path, None, "not a regular file")
-            data = fh.read(MAX_KEY_LEN + 1)
+        fd, st = _open_regular(path)
+    except _NotRegular:
+        return KeyState(path, None, "not a regular file")
     except FileNotFoundError:
         return KeyState(path, None, "missing")
     except PermissionError:
         return KeyState(path, None, "unreadable: permission denied")
-    except IsADirectoryError:
-        return KeyState(path, None, "not a regular file")
     except OSError as exc:
         return KeyState(path, None, f"unreadable: {exc.strerror or exc}")
+    try:
+        data = _read_at_most(fd, MAX_KEY_LEN + 1)
+    except OSError as exc:
+        return KeyState(path, None, f"unreadable: {exc.strerror or exc}")
+    finally:
+        os.close(fd)
     return KeyState(path, data, None, st.st_size, stat.S_IMODE(st.st_mode))
 
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 import re
 import stat
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from .crosscheck import structure
 from .issues import Code, Issue
 from .model import Cluster, ClusterNode, DeviceRef, FenceDevice
 from .parse import MAX_DOMAIN_BYTES, parse_bool
@@ -94,116 +95,6 @@ def _use_uuid(ref: DeviceRef, device: FenceDevice | None) -> bool:
     return bool(raw and parse_bool(raw))
 
 
-def _structure(cluster: Cluster) -> list[Issue]:
-    out: list[Issue] = []
-    f = cluster.file
-    seen_names: dict[str, ClusterNode] = {}
-    seen_ids: dict[int, ClusterNode] = {}
-    for node in cluster.nodes:
-        for name, line in [(node.name, node.line)] + [(a.name, a.line) for a in node.altnames]:
-            other = seen_names.get(name.casefold())
-            if other is not None and other is not node:
-                out.append(
-                    Issue(
-                        Code.DUPLICATE_NODE_NAME,
-                        f"name {name!r} is used by nodes {other.name!r} (line "
-                        f"{other.line}) and {node.name!r}",
-                        f,
-                        line,
-                    )
-                )
-            seen_names.setdefault(name.casefold(), node)
-        prev = seen_ids.get(node.nodeid)
-        if prev is not None:
-            out.append(
-                Issue(
-                    Code.DUPLICATE_NODEID,
-                    f"nodeid {node.nodeid} is used by "
-                    f"{prev.name!r} (line {prev.line}) and {node.name!r}",
-                    f,
-                    node.line,
-                )
-            )
-        seen_ids.setdefault(node.nodeid, node)
-        if not any(m.devices for m in node.methods):
-            out.append(
-                Issue(
-                    Code.NODE_NOT_FENCED,
-                    f"node {node.name!r} has no fence method with a device",
-                    f,
-                    node.line,
-                )
-            )
-    seen_devices: dict[str, FenceDevice] = {}
-    for dev in cluster.devices:
-        if dev.name in seen_devices:
-            out.append(
-                Issue(
-                    Code.DUPLICATE_DEVICE_NAME,
-                    f"fence device {dev.name!r} is defined "
-                    f"twice (first on line {seen_devices[dev.name].line})",
-                    f,
-                    dev.line,
-                )
-            )
-        seen_devices.setdefault(dev.name, dev)
-    used: set[str] = set()
-    for node in cluster.nodes:
-        for method in node.methods:
-            for ref in method.devices:
-                used.add(ref.name)
-                if ref.name not in seen_devices:
-                    out.append(
-                        Issue(
-                            Code.UNDEFINED_DEVICE,
-                            f"node {node.name!r} method "
-                            f"{method.name!r} uses device {ref.name!r}, which "
-                            "<fencedevices> does not define",
-                            f,
-                            ref.line,
-                        )
-                    )
-        for ref in node.unfence:
-            if ref.name not in seen_devices:
-                out.append(
-                    Issue(
-                        Code.UNDEFINED_DEVICE,
-                        f"node {node.name!r} unfence uses "
-                        f"device {ref.name!r}, which is not defined",
-                        f,
-                        ref.line,
-                    )
-                )
-    for dev in cluster.devices:
-        if dev.is_xvm and dev.name not in used:
-            out.append(
-                Issue(
-                    Code.UNUSED_DEVICE, f"fence device {dev.name!r} is used by no node", f, dev.line
-                )
-            )
-    cman = cluster.cman
-    if cman.two_node:
-        if cman.expected_votes is not None and cman.expected_votes != 1:
-            out.append(
-                Issue(
-                    Code.TWO_NODE_VOTES,
-                    f'two_node="1" needs expected_votes="1", not "{cman.expected_votes}"',
-                    f,
-                    cman.line,
-                )
-            )
-        if len(cluster.nodes) != 2:
-            out.append(
-                Issue(
-                    Code.TWO_NODE_COUNT,
-                    f'two_node="1" but the cluster has {len(cluster.nodes)} nodes',
-                    f,
-                    cman.line,
-                )
-            )
-    return out
-
-
 def _ref_issues(node: ClusterNode, ref: DeviceRef, file: str) -> list[Issue]:
     """Problems of one ``<device>`` entry's VM attributes (conflicting or old-style port=)."""
     out: list[Issue] = []
@@ -248,15 +139,30 @@ def _uuid_shaped(target: NodeTarget, file: str) -> list[Issue]:
     ]
 
 
-def _targets(cluster: Cluster, device: FenceDevice, out: list[Issue]) -> tuple[NodeTarget, ...]:
+_Uses = dict[str, list[tuple[ClusterNode, list[DeviceRef]]]]
+
+
+def _uses(cluster: Cluster) -> _Uses:
+    """Device name -> each node fencing through it, with its ``<device>`` entries in method
+    order: built once, so planning is linear in the nodes, not nodes x devices."""
+    uses: _Uses = {}
+    for node in cluster.nodes:
+        mine: dict[str, list[DeviceRef]] = {}
+        for ref in (r for m in node.methods for r in m.devices):
+            mine.setdefault(ref.name, []).append(ref)
+        for name, refs in mine.items():
+            uses.setdefault(name, []).append((node, refs))
+    return uses
+
+
+def _targets(
+    cluster: Cluster, device: FenceDevice, uses: _Uses, out: list[Issue]
+) -> tuple[NodeTarget, ...]:
     """Every node fenced through ``device``, with its VM; VM problems go to ``out``."""
     f = cluster.file
     targets: list[NodeTarget] = []
     by_vm: dict[str, NodeTarget] = {}
-    for node in cluster.nodes:
-        refs = [r for m in node.methods for r in m.devices if r.name == device.name]
-        if not refs:
-            continue
+    for node, refs in uses.get(device.name, []):
         for ref in refs:
             out.extend(_ref_issues(node, ref, f))
         vm = vm_for(node, refs[0], device)
@@ -357,6 +263,50 @@ def _requesters(
     return found
 
 
+def _candidates(
+    cluster: Cluster, chosen: Sequence[str] | None, where: int, out: list[Issue]
+) -> list[FenceDevice]:
+    """The fence_xvm devices this host may serve; bad choices go to ``out``."""
+    if chosen is None:
+        return [d for d in cluster.devices if d.is_xvm]
+    f = cluster.file
+    defined: dict[str, FenceDevice] = {}
+    for d in cluster.devices:
+        defined.setdefault(d.name, d)  # the first definition, as Cluster.device()
+    candidates = []
+    for name in chosen:
+        dev = defined.get(name)
+        if dev is None:
+            why = f"device {name!r} is selected for this host but not defined in <fencedevices>"
+            out.append(Issue(Code.UNKNOWN_DEVICE, why, f, where))
+        elif not dev.is_xvm:
+            why = (
+                f"device {name!r} has agent {dev.agent!r}; xvmd serves only fence_xvm and "
+                "fence_virt devices"
+            )
+            out.append(Issue(Code.UNKNOWN_AGENT, why, f, dev.line))
+        else:
+            candidates.append(dev)
+    return candidates
+
+
+def _shared_keys(served: Sequence[ServedDevice], file: str) -> list[Issue]:
+    by_key: dict[bytes, list[ServedDevice]] = defaultdict(list)
+    for sd in served:
+        by_key[sd.key].append(sd)
+    out = []
+    for group in by_key.values():
+        if len(group) > 1:
+            names = ", ".join(repr(g.name) for g in group[:8])
+            names += f" and {len(group) - 8} more" if len(group) > 8 else ""
+            why = (
+                f"devices {names} use identical key bytes: a request for one would be "
+                "accepted as the other"
+            )
+            out.append(Issue(Code.KEY_SHARED, why, file, group[1].device.line))
+    return out
+
+
 def validate(
     cluster: Cluster,
     keys: Mapping[str, KeyState],
@@ -372,80 +322,30 @@ def validate(
             no requester map and no ``unresolved-node`` warnings).
     """
     f = cluster.file
-    issues = _structure(cluster)
+    issues = structure(cluster)
     requesters = _requesters(cluster, addresses, issues)
     chosen = selected_devices(cluster, explicit)
     # -D names come from the command line (no line); <fence_xvmd device=> from its element.
     where = 0 if explicit or cluster.fence_xvmd is None else cluster.fence_xvmd.line
-    candidates: Iterable[FenceDevice]
-    if chosen is not None:
-        candidates = []
-        for name in chosen:
-            dev = cluster.device(name)
-            if dev is None:
-                issues.append(
-                    Issue(
-                        Code.UNKNOWN_DEVICE,
-                        f"device {name!r} is selected for this "
-                        "host but not defined in <fencedevices>",
-                        f,
-                        where,
-                    )
-                )
-            elif not dev.is_xvm:
-                issues.append(
-                    Issue(
-                        Code.UNKNOWN_AGENT,
-                        f"device {name!r} has agent "
-                        f"{dev.agent!r}; xvmd serves only fence_xvm and fence_virt "
-                        "devices",
-                        f,
-                        dev.line,
-                    )
-                )
-            else:
-                candidates.append(dev)
-    else:
-        candidates = [d for d in cluster.devices if d.is_xvm]
+    uses = _uses(cluster)
     served: list[ServedDevice] = []
     not_served: list[NotServed] = []
     seen: set[str] = set()
-    for dev in candidates:
+    for dev in _candidates(cluster, chosen, where, issues):
         if dev.name in seen:
             continue
         seen.add(dev.name)
         path = cluster.key_path(dev)
         key = keys.get(path) or KeyState(path, None, "missing")
-        key_issues = _key_issues(dev, key, chosen is not None, f)
-        issues.extend(key_issues)
-        if key.data is None or not key.data:
+        issues.extend(_key_issues(dev, key, chosen is not None, f))
+        if not key.data:
             not_served.append(NotServed(dev.name, f"key file {key.path}: {key.problem or 'empty'}"))
             continue
-        served.append(ServedDevice(dev, key.data[:MAX_KEY_LEN], _targets(cluster, dev, issues)))
+        targets = _targets(cluster, dev, uses, issues)
+        served.append(ServedDevice(dev, key.data[:MAX_KEY_LEN], targets))
     if not served:
-        issues.append(
-            Issue(
-                Code.NO_DEVICE,
-                "this host serves no fence device: no fence_xvm "
-                "device has a readable key file here",
-                f,
-                0,
-            )
-        )
-    by_key: dict[bytes, list[ServedDevice]] = defaultdict(list)
-    for sd in served:
-        by_key[sd.key].append(sd)
-    for group in by_key.values():
-        if len(group) > 1:
-            names = ", ".join(repr(g.name) for g in group)
-            issues.append(
-                Issue(
-                    Code.KEY_SHARED,
-                    f"devices {names} use identical key bytes: a "
-                    "request for one would be accepted as the other",
-                    f,
-                    group[1].device.line,
-                )
-            )
+        why = "this host serves no fence device: no fence_xvm device has a readable key file here"
+        issues.append(Issue(Code.NO_DEVICE, why, f, 0))
+    issues.extend(_shared_keys(served, f))
     issues.sort(key=lambda i: i.line)
     return HostPlan(tuple(served), tuple(not_served), requesters), issues

@@ -6,6 +6,9 @@ Rules:
 2. Only events that touch a watched path count; the callback runs on watchdog's thread, so it
    must only hand the event over (``loop.call_soon_threadsafe``).
 3. No polling: this module never falls back to mtime loops.
+4. Symlinks are followed: every hop of a watched path (the link, each intermediate link and the
+   real file) is watched, so an edit of the target, or a link re-pointed, is seen. The hops are
+   recomputed on every ``watch()``, i.e. after each reload.
 """
 
 from __future__ import annotations
@@ -18,10 +21,22 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
+MAX_HOPS = 40  # the kernel's own limit on symlinks in one lookup
 
-def _norm(path: str | bytes) -> str:
-    text = path.decode() if isinstance(path, bytes) else path
-    return os.path.realpath(text) if os.path.exists(text) else os.path.abspath(text)
+
+def hops(path: str) -> list[str]:
+    """``path`` and every location it leads to through symlinks, ending at the real path."""
+    out = [os.path.abspath(path)]
+    current = out[0]
+    for _ in range(MAX_HOPS):
+        try:
+            target = os.readlink(current)
+        except OSError:  # not a link (or gone): the chain ends here
+            break
+        current = os.path.normpath(os.path.join(os.path.dirname(current), target))
+        out.append(current)
+    real = os.path.realpath(out[0])  # also resolves links among the directories
+    return list(dict.fromkeys([*out, real]))
 
 
 class _Handler(FileSystemEventHandler):
@@ -59,10 +74,10 @@ class Watcher:
 
     def watch(self, paths: Iterable[str]) -> None:
         """Watch exactly ``paths`` from now on (directories are added and removed as needed)."""
-        wanted = {os.path.abspath(p) for p in paths}
+        wanted = {hop for p in paths for hop in hops(p)}
         dirs = {os.path.dirname(p) for p in wanted}
         with self._lock:
-            self._paths = wanted | {_norm(p) for p in wanted}
+            self._paths = wanted
             for d in set(self._watches) - dirs:
                 self._observer.unschedule(self._watches.pop(d))
             for d in dirs - set(self._watches):

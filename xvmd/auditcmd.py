@@ -13,7 +13,9 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
-from .audit import DEFAULT_AUDIT
+from . import paths
+from .cli import instance_name, port_number
+from .settings import DEFAULT_PORT
 
 _RELATIVE = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -37,7 +39,8 @@ def parse_since(text: str, now: float) -> float:
 
 
 def read(path: str) -> Iterator[tuple[int, dict[str, Any] | None]]:
-    """(line number, record) for every line; None for a line that is not a JSON object."""
+    """(line number, record) for every line; None for a line that is no record: a record cut
+    by a full disk or a crash, or anything else that is not a JSON object with a numeric epoch."""
     with open(path, encoding="utf-8", errors="replace") as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
@@ -45,18 +48,31 @@ def read(path: str) -> Iterator[tuple[int, dict[str, Any] | None]]:
             try:
                 rec = json.loads(line)
             except ValueError:
-                yield n, None
-                continue
-            yield n, rec if isinstance(rec, dict) else None
+                rec = None
+            ok = isinstance(rec, dict) and isinstance(rec.get("epoch", 0), int | float)
+            yield n, rec if ok else None
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xvmd audit", description="Show the audit trail.")
-    p.add_argument(
-        "--file",
-        metavar="PATH",
-        default=DEFAULT_AUDIT,
-        help=f"audit trail to read (default {DEFAULT_AUDIT})",
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--file", metavar="PATH", help=f"audit trail to read (default {paths.DEFAULT_AUDIT})"
+    )
+    which.add_argument(
+        "--instance",
+        metavar="NAME",
+        type=instance_name,
+        help=f"the trail of the daemon started with --instance NAME "
+        f"({paths.STATE_DIR}/audit-NAME.jsonl)",
+    )
+    which.add_argument(
+        "-p",
+        dest="port",
+        metavar="PORT",
+        type=port_number,
+        help=f"the trail of the daemon started without --instance on UDP port PORT "
+        f"({paths.STATE_DIR}/audit-PORT.jsonl)",
     )
     p.add_argument("--since", metavar="WHEN", help="only records since: 30m, 2h, 7d or ISO time")
     p.add_argument(
@@ -101,28 +117,21 @@ def render(records: list[dict[str, Any]], out: TextIO) -> None:
 
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.file is None:  # the same naming rule as the daemon's own default
+        args.file = paths.instance_paths(args.instance, args.port or DEFAULT_PORT)[1]
     try:
         since = parse_since(args.since, time.time()) if args.since else None
     except SinceError as exc:
         print(f"xvmd audit: {exc}", file=sys.stderr)
         return 2
-    records = []
-    bad = 0
+    records: list[dict[str, Any]] = []
+    bad: list[int] = []  # line numbers of torn or foreign lines: reported, never silently lost
     try:
-        for _n, rec in read(args.file):
+        for n, rec in read(args.file):
             if rec is None:
-                bad += 1
-                continue
-            if since is not None and float(rec.get("epoch", 0)) < since:
-                continue
-            if args.target:
-                names = {
-                    str(rec.get("target", "")).casefold(),
-                    str(rec.get("domain", "")).casefold(),
-                }
-                if args.target.casefold() not in names:
-                    continue
-            records.append(rec)
+                bad.append(n)
+            elif _wanted(rec, since, args.target):
+                records.append(rec)
     except OSError as exc:
         print(f"xvmd audit: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
         return 2
@@ -132,5 +141,26 @@ def main(argv: Sequence[str]) -> int:
     else:
         render(records, sys.stdout)
     if bad:
-        print(f"xvmd audit: {bad} unreadable line(s) in {args.file} skipped", file=sys.stderr)
+        print(f"xvmd audit: {skipped(bad)} in {args.file}", file=sys.stderr)
     return 0
+
+
+SHOWN_LINES = 5  # line numbers named in the report
+
+
+def skipped(bad: list[int]) -> str:
+    """``3 unreadable lines skipped (torn records?) at lines 4, 9, 12``."""
+    where = ", ".join(str(n) for n in bad[:SHOWN_LINES])
+    if len(bad) > SHOWN_LINES:
+        where += ", ..."
+    plural = "s" if len(bad) > 1 else ""
+    return f"{len(bad)} unreadable line{plural} skipped (torn records?) at line{plural} {where}"
+
+
+def _wanted(rec: dict[str, Any], since: float | None, target: str | None) -> bool:
+    if since is not None and float(rec.get("epoch", 0)) < since:
+        return False
+    if target:
+        names = {str(rec.get("target", "")).casefold(), str(rec.get("domain", "")).casefold()}
+        return target.casefold() in names
+    return True

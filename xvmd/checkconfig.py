@@ -1,6 +1,7 @@
 """``xvmd check-config``: validate a deployment before it goes live, and show what it will do.
 
-Exit codes: 0 valid (warnings allowed), 1 errors, 2 the file cannot be read.
+Exit codes: 0 valid (warnings allowed), 1 errors (or an internal error, reported in one line),
+2 the file was not read (missing, not a regular file, too large).
 """
 
 from __future__ import annotations
@@ -141,7 +142,15 @@ def render(result: LoadResult, path: str, out: TextIO) -> None:
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     resolver = None if args.no_resolve else ccs.source.resolve
-    result = ccs.load(args.config, args.devices, resolver)
+    try:
+        result = ccs.load(args.config, args.devices, resolver)
+    except Exception as exc:  # a bug, not a config problem: one line, not a traceback
+        print(
+            f"xvmd check-config: {args.config}: internal error while checking: "
+            f"{type(exc).__name__}: {str(exc)[:200]}",
+            file=sys.stderr,
+        )
+        return 1
     if args.json:
         json.dump(as_json(result, args.config), sys.stdout, indent=2)
         print()

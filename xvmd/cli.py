@@ -17,10 +17,8 @@ import ccs
 import ccs.source
 from ccs.load import Snapshot
 
-from . import __version__
+from . import __version__, paths
 from . import log as xlog
-from .audit import DEFAULT_AUDIT
-from .control import DEFAULT_CONTROL
 from .keys import KeyFileError, load_key
 from .policy import Policy
 from .protocol.auth import Key
@@ -38,7 +36,8 @@ HASHES = ["none", "sha1", "sha256", "sha512"]
 FAMILIES = ["auto", "ipv4", "ipv6"]
 
 
-def _port(text: str) -> int:
+def port_number(text: str) -> int:
+    """argparse type of a UDP port (shared with ``xvmd status``)."""
     try:
         value = int(text, 0)
     except ValueError:
@@ -48,6 +47,14 @@ def _port(text: str) -> int:
     return value
 
 
+def instance_name(text: str) -> str:
+    """argparse type of ``--instance`` (shared with ``xvmd status``)."""
+    problem = paths.instance_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="xvmd",
@@ -55,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         "powers libvirt domains off, on or through a reboot.",
         epilog="Option names follow fence_xvmd. Options given here override <fence_xvmd> in "
         "cluster.conf. Logs go to stderr, one line per request. "
-        "Subcommands: 'xvmd check-config [-f PATH] [--json]', 'xvmd status [--json]', "
-        "'xvmd audit [--since WHEN]', 'xvmd import-fence-virt-conf [PATH]'.",
+        "Subcommands: 'xvmd check-config [-f PATH] [--json]', "
+        "'xvmd status [--instance NAME] [--json]', 'xvmd audit [--since WHEN]', "
+        "'xvmd import-fence-virt-conf [PATH]'.",
     )
     p.add_argument(
         "--local",
@@ -107,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-p",
         dest="port",
         metavar="PORT",
-        type=_port,
+        type=port_number,
         help=f"UDP port to listen on (default {DEFAULT_PORT})",
     )
     p.add_argument(
@@ -126,17 +134,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="challenge-response hash; must match the clients' -C (default sha256)",
     )
     p.add_argument(
+        "--instance",
+        metavar="NAME",
+        type=instance_name,
+        help="name of this daemon when several run on one host, one per guest cluster (letters, "
+        "digits, '-', '_', '.'); it names the default --control and --audit paths",
+    )
+    p.add_argument(
         "--control",
         metavar="PATH",
-        default=DEFAULT_CONTROL,
-        help=f"control socket read by 'xvmd status' (default {DEFAULT_CONTROL}; 'none': off)",
+        help=f"control socket read by 'xvmd status' ('none': off; default {paths.DEFAULT_CONTROL}"
+        f", {paths.RUN_DIR}/xvmd-NAME.sock with --instance NAME, else "
+        f"{paths.RUN_DIR}/xvmd-PORT.sock for a port other than {DEFAULT_PORT})",
     )
     p.add_argument(
         "--audit",
         metavar="PATH",
-        default=DEFAULT_AUDIT,
-        help=f"append-only audit trail, one JSON line per request (default {DEFAULT_AUDIT}; "
-        "'none': off)",
+        help="append-only audit trail, one JSON line per request ('none': off; default "
+        f"{paths.DEFAULT_AUDIT}, {paths.STATE_DIR}/audit-NAME.jsonl with --instance NAME, else "
+        f"{paths.STATE_DIR}/audit-PORT.jsonl for a port other than {DEFAULT_PORT})",
     )
     p.add_argument("-d", dest="debug", action="count", default=0, help="debug logging")
     p.add_argument(
@@ -193,8 +209,7 @@ def settings_from_args(
     if not debug and ccs_debug.isdigit():
         debug = int(ccs_debug)
     settings = Settings(
-        control=None if args.control == "none" else os.path.abspath(args.control),
-        audit=None if args.audit == "none" else os.path.abspath(args.audit),
+        instance=args.instance,
         debug=debug,
         local=args.local,
         no_ccs=args.no_ccs,
@@ -203,9 +218,23 @@ def settings_from_args(
         **values,  # type: ignore[arg-type]
     )
     tcp = parse_tcp(args.tcp, settings.port) if args.tcp is not None else None
-    settings = replace(settings, tcp=tcp)
+    # Derived only now that the port is known: it may come from <fence_xvmd port=...>.
+    control, audit = paths.instance_paths(settings.instance, settings.port)
+    settings = replace(
+        settings,
+        tcp=tcp,
+        control=_path_option(args.control, control),
+        audit=_path_option(args.audit, audit),
+    )
     settings.listeners()  # validates -a / -i now, as a usage error
     return settings
+
+
+def _path_option(given: str | None, derived: str) -> str | None:
+    """An explicit --control/--audit wins over the derived path; 'none' turns it off."""
+    if given is None:
+        return derived
+    return None if given == "none" else os.path.abspath(given)
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -281,9 +310,14 @@ def run(argv: Sequence[str]) -> int:
 
 
 def _serve(settings: Settings, policy: Policy, snapshot: Snapshot | None) -> int:
+    from . import shutdown
     from .backend.libvirt import LibvirtBackend  # libvirt loads only when the daemon runs
     from .daemon import Daemon, StartupError, open_sockets
 
+    # Before anything is bound: a path that cannot work must leave the port free.
+    problem = paths.check_paths(settings.control, settings.audit)
+    if problem is not None:
+        return _fail(problem)
     try:
         sockets = open_sockets(settings)
     except (StartupError, SettingsError) as exc:
@@ -295,9 +329,11 @@ def _serve(settings: Settings, policy: Policy, snapshot: Snapshot | None) -> int
         quorum = CorosyncQuorum()
     daemon = Daemon(settings, policy, LibvirtBackend(settings.uri), snapshot, quorum)
     try:
-        return asyncio.run(daemon.run(sockets))
+        rc = asyncio.run(daemon.run(sockets))
     except StartupError as exc:
         return _fail(str(exc))
+    # A wedged hypervisor call would keep the process alive at exit: leave without it.
+    return shutdown.leave(rc)
 
 
 SUBCOMMANDS = ("check-config", "status", "audit", "import-fence-virt-conf")

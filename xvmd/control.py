@@ -9,14 +9,21 @@ import contextlib
 import json
 import os
 import socket
+import stat
 from collections.abc import Callable
 from typing import Any
 
-DEFAULT_CONTROL = "/run/xvmd/xvmd.sock"
+from .paths import DEFAULT_CONTROL, check_control_path
+
+__all__ = ["DEFAULT_CONTROL", "ControlError", "NotRunning", "query", "serve"]
 
 
 class ControlError(Exception):
     """The control socket cannot be used; the message says why."""
+
+
+class NotRunning(ControlError):
+    """No daemon listens there: no socket, or a stale one."""
 
 
 def _answers(path: str) -> bool:
@@ -30,11 +37,16 @@ def _answers(path: str) -> bool:
 
 
 async def serve(path: str, status: Callable[[], dict[str, Any]]) -> asyncio.Server:
-    """Listen on ``path``. Raises ControlError when another daemon answers there."""
-    if os.path.exists(path):
-        if _answers(path):
-            raise ControlError(f"another xvmd is running: its control socket {path} answers")
-        with contextlib.suppress(FileNotFoundError):
+    """Listen on ``path``. Raises ControlError when another daemon answers there, or when
+    something other than a socket is there (never removed: it is someone's file)."""
+    problem = check_control_path(path)
+    if problem is not None:
+        raise ControlError(problem)
+    with contextlib.suppress(FileNotFoundError):
+        # Checked again right before the unlink: only ever remove a socket.
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            if _answers(path):
+                raise ControlError(f"another xvmd is running: its control socket {path} answers")
             os.unlink(path)  # stale, from a daemon that was killed
     os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
 
@@ -62,9 +74,9 @@ def query(path: str, timeout: float = 5.0) -> dict[str, Any]:
         try:
             s.connect(path)
         except FileNotFoundError:
-            raise ControlError(f"xvmd is not running (no control socket at {path})") from None
+            raise NotRunning(f"xvmd is not running (no control socket at {path})") from None
         except ConnectionRefusedError:
-            raise ControlError(f"xvmd is not running (stale control socket {path})") from None
+            raise NotRunning(f"xvmd is not running (stale control socket {path})") from None
         except OSError as exc:
             raise ControlError(f"cannot reach xvmd at {path}: {exc.strerror or exc}") from None
         chunks = []

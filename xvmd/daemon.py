@@ -34,12 +34,14 @@ from .quorum import QuorumSource
 from .reloader import Reloader
 from .service import Auth, FenceService
 from .settings import Listener, Settings
+from .shutdown import CLOSE_TIMEOUT, close_within
 
 log = logging.getLogger("xvmd")
 
 RECONNECT_INTERVAL = 5.0
 STATS_INTERVAL = 60.0
 DRAIN_TIMEOUT = 10.0
+"""Seconds a stop waits for requests in flight (systemd's TimeoutStopSec is 30)."""
 
 
 class StartupError(Exception):
@@ -110,6 +112,7 @@ class Daemon:
         self._sockets: list[tuple[Listener, socket.socket]] = []
         self._links: LinkWatcher | None = None
         self._reloader: Reloader | None = None
+        self._audit: AuditLog | None = None
 
     def request_stop(self) -> None:
         if not self._stop.is_set():
@@ -165,7 +168,7 @@ class Daemon:
         audit = None
         if self.settings.audit:
             try:
-                audit = AuditLog(self.settings.audit)
+                audit = self._audit = AuditLog(self.settings.audit)
             except AuditError as exc:
                 raise StartupError(str(exc)) from None
         service = self._service = FenceService(
@@ -187,12 +190,16 @@ class Daemon:
                 service.policy = Policy.from_snapshot(snap)
 
             self._reloader = Reloader(
-                self.settings.config, self.settings.devices, self.snapshot, apply
+                self.settings.config,
+                self.settings.devices,
+                self.snapshot,
+                apply,
+                on_reload=audit.reopen if audit is not None else None,
             )
             self._reloader.start()
             loop.add_signal_handler(signal.SIGHUP, self._reloader.trigger)
         else:
-            loop.add_signal_handler(signal.SIGHUP, self._reload_key, service)
+            loop.add_signal_handler(signal.SIGHUP, self._reload_key, service, audit)
         try:
             if self.quorum is not None:
                 await self.quorum.start()
@@ -247,18 +254,20 @@ class Daemon:
                 await self.quorum.stop()
         left = await service.drain(DRAIN_TIMEOUT)
         if left:
-            log.warning("%d requests still running at exit", left)
+            log.warning("%d requests cut off at exit after %gs", left, DRAIN_TIMEOUT)
         runner.shutdown()
-        self.backend.close()
+        close_within(self.backend.close, CLOSE_TIMEOUT, self.backend.description)
         if audit is not None:
             audit.close()
         _log_stats(service, final=True)
         return 0
 
-    def _reload_key(self, service: FenceService) -> None:
+    def _reload_key(self, service: FenceService, audit: AuditLog | None) -> None:
         """SIGHUP without cluster.conf: re-read the key file (a key rotation), as fence_xvmd did.
         A key that cannot be read is reported and the old one stays in force."""
         systemd.reloading()
+        if audit is not None:
+            audit.reopen()
         try:
             key, warnings = load_key(self.settings.key_file)
         except KeyFileError as exc:
@@ -309,11 +318,14 @@ class Daemon:
             "version": __version__,
             "pid": os.getpid(),
             "started": self.started,
+            "instance": self.settings.instance,
             "mode": "cluster" if self.quorum is not None else "local",
             "listeners": self.where,
             "backend": {"description": self.backend.description, "reachable": self.backend_up},
             "quorum": quorum,
             "config": config,
+            "reload": self._reloader.status() if self._reloader is not None else None,
+            "audit": self._audit.status() if self._audit is not None else None,
             "counters": {
                 "answered": dict(service.stats.served) if service else {},
                 "dropped": dict(service.stats.dropped) if service else {},

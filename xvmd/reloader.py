@@ -1,27 +1,84 @@
 """Live reload: file events and SIGHUP -> load -> decide -> swap the policy, or keep the old one.
 
-The daemon keeps serving on its last good snapshot whatever happens here; every problem with a
-rejected configuration is logged with file, line and code.
+Rules:
+1. The daemon keeps serving on its last good snapshot whatever happens here; every problem
+   with a rejected configuration is logged with file, line and code.
+2. The reload loop cannot die: an unexpected exception in one reload is logged, counted and
+   shown by ``xvmd status``, and the next event or SIGHUP reloads again. Should the loop itself
+   end anyway, that is logged as CRITICAL and shown too.
+3. Loads run in a daemon thread of their own: a file system or resolver that hangs delays the
+   reload (reported after LOAD_TIMEOUT), never the event loop or the daemon's exit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
+import time
 from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import ccs
 import ccs.source
-from ccs.load import Snapshot
-from ccs.reload import decide
+from ccs.load import LoadResult, Snapshot
+from ccs.reload import Decision, decide
 from ccs.watch import Watcher
 
 from . import systemd
 
 log = logging.getLogger("xvmd.config")
+T = TypeVar("T")
 
 DEBOUNCE = 0.1
 """Seconds of quiet after a file event before reloading: an editor's save is several events."""
+MAX_DEFER = 2.0
+"""A file that never stops changing is still reloaded this often."""
+LOAD_TIMEOUT = 30.0
+"""A load that takes longer is reported as hung; its thread is left behind, not waited for."""
+
+
+def in_daemon_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """Run ``fn(*args)`` in a new daemon thread; the future resolves on the running loop.
+
+    Not the default executor: asyncio.run() waits for its threads at exit, so one hung read
+    would keep a stopped daemon alive."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def settle(value: Any, failed: bool) -> None:
+        if fut.done():
+            return
+        if failed:
+            fut.set_exception(value)
+        else:
+            fut.set_result(value)
+
+    def body() -> None:
+        outcome: tuple[Any, bool]
+        try:
+            outcome = (fn(*args), False)
+        except BaseException as exc:  # handed to the awaiting coroutine
+            outcome = (exc, True)
+        # The loop may have closed while this thread was blocked: nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=body, name="config-load", daemon=True).start()
+    return fut
+
+
+async def quiet_period(wake: asyncio.Event, quiet: float, longest: float) -> None:
+    """Return once ``wake`` stayed unset for ``quiet`` seconds, or ``longest`` seconds passed."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + longest
+    while True:
+        wake.clear()
+        await asyncio.sleep(max(0.0, min(quiet, give_up - loop.time())))
+        if not wake.is_set() or loop.time() >= give_up:
+            wake.clear()
+            return
 
 
 class Reloader:
@@ -31,15 +88,23 @@ class Reloader:
         devices: Sequence[str] | None,
         snapshot: Snapshot,
         apply: Callable[[Snapshot], None],
+        on_reload: Callable[[], None] | None = None,
     ) -> None:
         self.path = path
         self.devices = devices
         self.current = snapshot
         self.reloads = 0
+        self.failures = 0  # reloads that were rejected, timed out or crashed
+        self.last_problem: str | None = None
+        self.last_problem_epoch: float | None = None
+        self.machinery = "ok"  # or what broke the watch or the loop itself
         self._apply = apply
+        self._on_reload = on_reload  # e.g. reopen the audit trail on SIGHUP
         self._wake = asyncio.Event()
         self._watcher: Watcher | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._loading: asyncio.Future[LoadResult] | None = None  # a load still running
 
     def _watched(self, cluster: ccs.Cluster | None) -> list[str]:
         cl = cluster or self.current.cluster
@@ -52,53 +117,132 @@ class Reloader:
             loop.call_soon_threadsafe(self._wake.set)
 
         self._watcher = Watcher(on_change)
-        self._watcher.watch(self._watched(None))
-        self._watcher.start()
+        self._rewatch(None)
+        try:
+            self._watcher.start()
+        except Exception as exc:  # e.g. inotify instances exhausted: SIGHUP still works
+            self._broken(f"file watch not running ({exc}); reload with SIGHUP")
         self._task = asyncio.create_task(self._run())
+        self._task.add_done_callback(self._ended)
 
     def trigger(self) -> None:
         """Reload now (SIGHUP); safe to call from the event loop only."""
+        if self._on_reload is not None:
+            self._on_reload()
         self._wake.set()
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._watcher is not None:
             self._watcher.stop()
         if self._task is not None:
             self._task.cancel()
 
+    def status(self) -> dict[str, Any]:
+        return {
+            "reloads": self.reloads,
+            "failures": self.failures,
+            "last_problem": self.last_problem,
+            "last_problem_epoch": self.last_problem_epoch,
+            "machinery": self.machinery,
+        }
+
+    def _broken(self, what: str) -> None:
+        self.machinery = what
+        log.critical("live reload: %s", what)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if self._stopping or task.cancelled():
+            return
+        exc = task.exception()
+        self._broken(f"reload loop stopped: {exc!r}; restart xvmd to reload again")
+
+    def _problem(self, text: str) -> None:
+        self.failures += 1
+        self.last_problem = text
+        self.last_problem_epoch = time.time()
+
+    def _rewatch(self, cluster: ccs.Cluster | None) -> None:
+        if self._watcher is None:
+            return
+        try:
+            self._watcher.watch(self._watched(cluster))
+        except Exception as exc:  # a directory that vanished, inotify limits
+            self._broken(f"cannot watch the configuration files ({exc}); reload with SIGHUP")
+        else:
+            if self.machinery.startswith("cannot watch"):
+                self.machinery = "ok"
+
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
-            await asyncio.sleep(DEBOUNCE)
-            self._wake.clear()
+            await quiet_period(self._wake, DEBOUNCE, MAX_DEFER)
             systemd.reloading()
-            result = await loop.run_in_executor(
-                None, ccs.load, self.path, self.devices, ccs.source.resolve
-            )
-            if self._watcher is not None:
-                self._watcher.watch(self._watched(result.cluster))
-            decision = decide(self.current, result)
-            systemd.ready(f"config_version {(decision.snapshot or self.current).version}")
-            if decision.snapshot is None:
-                level = logging.ERROR if decision.problems else logging.INFO
-                if "ignored" in decision.summary:
-                    level = logging.WARNING
-                log.log(level, "%s", decision.summary)
-                for issue in decision.problems:
-                    log.error("  %s", issue.render())
-                continue
-            old, self.current = self.current, decision.snapshot
-            self._apply(decision.snapshot)
-            self.reloads += 1
-            log.info("reloaded %s: %s", self.path, decision.summary)
-            for issue in decision.snapshot.issues:
-                log.warning("  %s", issue.render())
-            if _listener_attrs(old) != _listener_attrs(decision.snapshot):
-                log.warning(
-                    "<fence_xvmd> listener settings changed; they take effect only after a "
-                    "restart of xvmd"
+            try:
+                await self._reload_once()
+            except Exception as exc:  # never let one bad reload end live reload
+                self._problem(f"reload failed unexpectedly: {exc!r}")
+                log.exception(
+                    "reload of %s failed unexpectedly; still serving config_version %d",
+                    self.path,
+                    self.current.version,
                 )
+            systemd.ready(f"config_version {self.current.version}")
+
+    async def _reload_once(self) -> None:
+        if self._loading is not None and not self._loading.done():
+            self._problem(
+                f"the previous load of {self.path} has not returned yet (hung file "
+                "system or resolver?); not starting another"
+            )
+            log.error("%s", self.last_problem)
+            return
+        load = self._loading = in_daemon_thread(
+            ccs.load, self.path, self.devices, ccs.source.resolve
+        )
+        load.add_done_callback(_consume)
+        try:
+            result: LoadResult = await asyncio.wait_for(asyncio.shield(load), LOAD_TIMEOUT)
+        except TimeoutError:
+            self._problem(
+                f"loading {self.path} took over {LOAD_TIMEOUT:g}s (hung file system or resolver?)"
+            )
+            log.error(
+                "%s; still serving config_version %d", self.last_problem, self.current.version
+            )
+            return
+        self._rewatch(result.cluster)
+        decision = decide(self.current, result)
+        if decision.snapshot is None:
+            self._rejected(decision)
+            return
+        old, self.current = self.current, decision.snapshot
+        self._apply(decision.snapshot)
+        self.reloads += 1
+        log.info("reloaded %s: %s", self.path, decision.summary)
+        for issue in decision.snapshot.issues:
+            log.warning("  %s", issue.render())
+        if _listener_attrs(old) != _listener_attrs(decision.snapshot):
+            log.warning(
+                "<fence_xvmd> listener settings changed; they take effect only after a "
+                "restart of xvmd"
+            )
+
+    def _rejected(self, decision: Decision) -> None:
+        level = logging.ERROR if decision.problems else logging.INFO
+        if "ignored" in decision.summary:
+            level = logging.WARNING
+        log.log(level, "%s", decision.summary)
+        for issue in decision.problems:
+            log.error("  %s", issue.render())
+        if decision.problems:
+            self._problem(f"{decision.summary}: {decision.problems[0].render()}")
+
+
+def _consume(fut: asyncio.Future[LoadResult]) -> None:
+    """A load that outlived its wait may still fail; its exception was reported already."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _listener_attrs(snap: Snapshot) -> dict[str, str]:

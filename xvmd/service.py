@@ -86,6 +86,8 @@ class FenceService:
         self._now = now or asyncio.get_event_loop().time
         self._random = random_bytes
         self._tasks: set[asyncio.Task[None]] = set()
+        # Sessions between "authenticated" and "answered": what a stop would leave unknown.
+        self._acting: dict[asyncio.Task[Any], _Acting] = {}
         self._quorum = quorum  # None: --local, no quorum checks
         self.records = Recorder(audit, quorum)
 
@@ -272,9 +274,15 @@ class FenceService:
             session.send_result(Result.FAIL)
             result, detail, domain = Result.FAIL, why, ""
         else:
-            result, detail, domain = await self._act(
-                req, who, ok.scope_key, policy, session, deadline
-            )
+            task = asyncio.current_task()
+            assert task is not None
+            self._acting[task] = _Acting(who, req, device, started)
+            try:
+                result, detail, domain = await self._act(
+                    req, who, ok.scope_key, policy, session, deadline
+                )
+            finally:
+                self._acting.pop(task, None)
         elapsed = (self._now() - started) * 1000
         entry = self.records.entry(
             who, req, result.label, detail, device=device, ms=elapsed, domain=domain
@@ -333,9 +341,41 @@ class FenceService:
         return outcome.result, outcome.detail, domain if domain != req.domain else ""
 
     async def drain(self, timeout: float) -> int:
-        """Wait for sessions in flight; returns how many were still running at the timeout."""
+        """Wait for sessions in flight; returns how many were still running at the timeout.
+
+        Those are then cut off. A request that was being carried out gets an audit record with
+        the result "unknown": the hypervisor never said what became of it, so neither can we,
+        and the operator must check the domain before trusting either answer."""
         pending = set(self._tasks)
         if not pending:
             return 0
         _, still = await asyncio.wait(pending, timeout=timeout)
+        for task in still:
+            acting = self._acting.pop(task, None)
+            if acting is not None:
+                await self._record_unknown(acting, timeout)
+            task.cancel()
+        if still:
+            await asyncio.wait(still, timeout=1.0)
         return len(still)
+
+    async def _record_unknown(self, acting: _Acting, waited: float) -> None:
+        req = acting.req
+        detail = (
+            f"xvmd stopped after waiting {waited:g}s for the hypervisor; the outcome of "
+            f"{req.op.label} is unknown (check the domain's state); no answer was sent"
+        )
+        ms = (self._now() - acting.started) * 1000
+        entry = self.records.entry(acting.who, req, "unknown", detail, device=acting.device, ms=ms)
+        await self.records.answered(entry, req)
+        log.error(
+            "%s %s from %s: result unknown: %s", req.op.label, req.shown_target, acting.who, detail
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Acting:
+    who: str
+    req: FenceRequest
+    device: str | None
+    started: float

@@ -45,8 +45,11 @@ class Settings:
     no_ccs: bool = False
     config: str | None = None  # cluster.conf path; None with --no-ccs
     devices: tuple[str, ...] | None = None  # -D selections
-    control: str | None = "/run/xvmd/xvmd.sock"  # `xvmd status` reads this socket
-    audit: str | None = "/var/lib/xvmd/audit.jsonl"  # None: no audit trail
+    instance: str | None = None  # --instance: names this daemon among several on one host
+    # `xvmd status` reads this socket; None: off. The command line derives the default from
+    # the instance or the port (paths.instance_paths), so it is never a constant here.
+    control: str | None = None
+    audit: str | None = None  # the audit trail; None: off
     # Sessions (connections) at once; beyond it datagrams are dropped as busy and clients
     # retransmit. 128 leaves room for 64 clients in flight while answered sessions close.
     max_sessions: int = 128

@@ -2,29 +2,50 @@
 
 Exit codes: 0 the daemon answered and this host may fence (quorate, or ``--local``), 1 it
 answered but would refuse power actions (not quorate), 2 no daemon answered.
+
+Several daemons shown one after another (no selector, several instances running) exit with the
+worst of their codes.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from .control import DEFAULT_CONTROL, ControlError, query
+from . import paths
+from .cli import instance_name, port_number
+from .control import ControlError, NotRunning, query
+from .settings import DEFAULT_PORT
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="xvmd status", description="Show the running daemon's view of this host."
+        prog="xvmd status",
+        description="Show the running daemon's view of this host. Without --control, --instance "
+        f"or -p: the daemon on {paths.DEFAULT_CONTROL} if it answers, else every daemon whose "
+        f"control socket in {paths.RUN_DIR} answers, one after another.",
     )
-    p.add_argument(
-        "--control",
-        metavar="PATH",
-        default=DEFAULT_CONTROL,
-        help=f"the daemon's control socket (default {DEFAULT_CONTROL})",
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--control", metavar="PATH", help="the daemon's control socket")
+    which.add_argument(
+        "--instance",
+        metavar="NAME",
+        type=instance_name,
+        help=f"the daemon started with --instance NAME ({paths.RUN_DIR}/xvmd-NAME.sock)",
+    )
+    which.add_argument(
+        "-p",
+        dest="port",
+        metavar="PORT",
+        type=port_number,
+        help=f"the daemon started without --instance on UDP port PORT "
+        f"({paths.RUN_DIR}/xvmd-PORT.sock; {paths.DEFAULT_CONTROL} for {DEFAULT_PORT})",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return p
@@ -60,10 +81,45 @@ def _quorum_lines(q: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _audit_line(a: dict[str, Any] | None) -> list[str]:
+    if a is None:
+        return ["audit: off"]
+    text = f"audit: {a.get('path')} ({a.get('written', 0)} records"
+    if a.get("failures"):
+        text += f"; {a['failures']} FAILED, last: {a.get('last_failure')}"
+        text += f" at {_clock(a.get('last_failure_epoch'))}"
+    if a.get("reopened"):
+        text += f"; reopened {a['reopened']} times"
+    lines = [text + ")"]
+    if a.get("torn_tail"):
+        lines.append(f"  torn last line found at start: {a['torn_tail']}")
+    return lines
+
+
+def _reload_line(r: dict[str, Any]) -> str:
+    machinery = r.get("machinery", "ok")
+    text = "reload: ok" if machinery == "ok" else f"reload: FAILED -- {machinery}"
+    if r.get("failures"):
+        text += f"; {r['failures']} changes rejected, last: {r.get('last_problem')}"
+        if r.get("last_problem_epoch"):
+            text += f" at {_clock(r['last_problem_epoch'])}"
+    return text
+
+
+def _operations_lines(doc: dict[str, Any]) -> list[str]:
+    """The audit trail and live reload, when the daemon reports them (older ones do not)."""
+    lines = _audit_line(doc["audit"]) if "audit" in doc else []
+    if doc.get("reload") is not None:
+        lines.append(_reload_line(doc["reload"]))
+    return lines
+
+
 def render(doc: dict[str, Any], out: TextIO) -> None:
     up = time.time() - float(doc.get("started", time.time()))
+    instance = f", instance {doc['instance']}" if doc.get("instance") else ""
     print(
-        f"xvmd {doc.get('version')} (pid {doc.get('pid')}), {doc.get('mode')} mode, up {up:.0f}s",
+        f"xvmd {doc.get('version')} (pid {doc.get('pid')}){instance}, {doc.get('mode')} mode, "
+        f"up {up:.0f}s",
         file=out,
     )
     for line in _quorum_lines(doc.get("quorum")):
@@ -90,6 +146,8 @@ def render(doc: dict[str, Any], out: TextIO) -> None:
             print(f"  not served: {ns['device']}: {ns['reason']}", file=out)
     else:
         print("config: none (--no-ccs): every domain is reachable", file=out)
+    for line in _operations_lines(doc):
+        print(line, file=out)
     counters = doc.get("counters", {})
     answered = ", ".join(f"{k} {v}" for k, v in sorted(counters.get("answered", {}).items()))
     dropped = ", ".join(f"{k} {v}" for k, v in sorted(counters.get("dropped", {}).items()))
@@ -111,17 +169,62 @@ def render(doc: dict[str, Any], out: TextIO) -> None:
         )
 
 
+def _exit_code(doc: dict[str, Any]) -> int:
+    q = doc.get("quorum")
+    return 0 if q is None or q.get("quorate") else 1
+
+
+def _selected(args: argparse.Namespace) -> str | None:
+    """The control socket the options name, or None: look for the running daemons."""
+    if args.control is not None:
+        return str(args.control)
+    if args.instance is not None or args.port is not None:
+        return paths.instance_paths(args.instance, args.port or DEFAULT_PORT)[0]
+    return None
+
+
+def _running() -> list[tuple[str, dict[str, Any]]]:
+    """The default daemon if it answers (as always), else every one whose socket answers.
+    A daemon that is there but does not answer properly is reported on stderr."""
+    default = paths.instance_paths(None, DEFAULT_PORT)[0]
+    run_dir = paths.run_dir()
+    others = sorted(glob.glob(paths.CONTROL_GLOB, root_dir=run_dir))
+    candidates = [default] + [os.path.join(run_dir, name) for name in others]
+    found = []
+    for path in dict.fromkeys(candidates):  # the default first, once
+        try:
+            found.append((path, query(path)))
+        except NotRunning:
+            continue  # no socket, or a stale one left by a daemon that was stopped
+        except ControlError as exc:
+            print(f"xvmd status: {exc}", file=sys.stderr)
+        if path == default and found:
+            break
+    return found
+
+
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
+    path = _selected(args)
     try:
-        doc = query(args.control)
+        docs = [(path, query(path))] if path is not None else _running()
     except ControlError as exc:
         print(f"xvmd status: {exc}", file=sys.stderr)
         return 2
+    if not docs:
+        print(
+            f"xvmd status: xvmd is not running (no control socket in {paths.run_dir()} answers)",
+            file=sys.stderr,
+        )
+        return 2
     if args.json:
-        json.dump(doc, sys.stdout, indent=2)
+        # One daemon: its document, as always; several: a list of them.
+        body: Any = docs[0][1] if len(docs) == 1 else [{"control": p, **d} for p, d in docs]
+        json.dump(body, sys.stdout, indent=2)
         print()
     else:
-        render(doc, sys.stdout)
-    q = doc.get("quorum")
-    return 0 if q is None or q.get("quorate") else 1
+        for n, (where, doc) in enumerate(docs):
+            if len(docs) > 1:
+                print(("\n" if n else "") + f"== {where}", file=sys.stdout)
+            render(doc, sys.stdout)
+    return max(_exit_code(doc) for _, doc in docs)

@@ -91,7 +91,12 @@ chmod 0755 "$ROOT/usr/sbin/xvmd"
 
 # --- systemd unit, its EnvironmentFile (a conffile), the manual page -------------------------------
 install -D -m 0644 "$REPO/contrib/xvmd.service" "$ROOT/lib/systemd/system/xvmd.service"
+# The template for several daemons, one per guest cluster (xvmd@NAME); never enabled by the
+# package: an instance exists only once the administrator writes /etc/default/xvmd-NAME.
+install -D -m 0644 "$REPO/contrib/xvmd@.service" "$ROOT/lib/systemd/system/xvmd@.service"
 install -D -m 0644 "$REPO/contrib/default/xvmd" "$ROOT/etc/default/xvmd"
+# Rotation of the audit trails without copytruncate: xvmd notices the rename by itself.
+install -D -m 0644 "$REPO/contrib/logrotate/xvmd" "$ROOT/etc/logrotate.d/xvmd"
 install -d -m 0755 "$ROOT/usr/share/man/man8"
 "$PYTHON" "$REPO/contrib/man/gen_manpage.py" >"$STAGE/xvmd.8" || die "gen_manpage.py failed"
 gzip -9 -n -c "$STAGE/xvmd.8" >"$ROOT/usr/share/man/man8/xvmd.8.gz"
@@ -163,7 +168,7 @@ Description: fence_xvm-compatible, cluster-aware host fencing daemon for libvirt
  first (cluster.conf and keys, /etc/default/xvmd), then run
  "systemctl start xvmd".
 EOF
-printf '/etc/default/xvmd\n' >"$ROOT/DEBIAN/conffiles"
+printf '/etc/default/xvmd\n/etc/logrotate.d/xvmd\n' >"$ROOT/DEBIAN/conffiles"
 
 cat >"$ROOT/DEBIAN/postinst" <<'EOF'
 #!/bin/sh
@@ -197,6 +202,8 @@ configure | abort-upgrade | abort-deconfigure | abort-remove)
             else
                 systemctl try-restart "$UNIT" >/dev/null || true
             fi
+            # Running instances of xvmd@.service too (the pattern matches loaded units only).
+            systemctl try-restart 'xvmd@*.service' >/dev/null || true
         fi
     fi
     ;;
@@ -217,6 +224,8 @@ if [ "$1" = remove ] && [ -d /run/systemd/system ]; then
     else
         systemctl stop "$UNIT" >/dev/null || true
     fi
+    # And every running instance of xvmd@.service (the pattern matches loaded units only).
+    systemctl stop 'xvmd@*.service' >/dev/null || true
 fi
 # Byte code Python wrote next to the packaged modules: dpkg does not know these files, and
 # would leave the directories behind.
@@ -246,8 +255,8 @@ if [ "$1" = purge ]; then
         deb-systemd-helper purge "$UNIT" >/dev/null || true
         deb-systemd-helper unmask "$UNIT" >/dev/null || true
     fi
-    # The audit trail is this package's log: kept on remove, deleted on purge (Debian Policy
-    # 10.8). Copy /var/lib/xvmd/audit.jsonl away first if the record must be kept.
+    # The audit trails are this package's log: kept on remove, deleted on purge (Debian Policy
+    # 10.8). Copy /var/lib/xvmd/audit*.jsonl away first if the record must be kept.
     rm -rf /var/lib/xvmd
 fi
 exit 0

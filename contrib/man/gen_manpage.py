@@ -273,14 +273,13 @@ def render() -> str:
     xvmd, commands = load()
     ccs = _import("ccs")
     settings = _import("xvmd.settings")
-    control = _import("xvmd.control")
-    audit = _import("xvmd.audit")
+    paths = _import("xvmd.paths")
     drain = _seconds(module_constant("xvmd/daemon.py", "DRAIN_TIMEOUT"))
     version = str(xvmd.__version__)
     conf = str(ccs.DEFAULT_CLUSTER_CONF)
     key = str(settings.DEFAULT_KEY_FILE)
-    sock = str(control.DEFAULT_CONTROL)
-    trail = str(audit.DEFAULT_AUDIT)
+    sock = str(paths.DEFAULT_CONTROL)
+    trail = str(paths.DEFAULT_AUDIT)
     daemon, *subcommands = commands
 
     out: list[str] = [
@@ -382,6 +381,14 @@ def render() -> str:
             bold("JOURNAL_STREAM"),
             line("When set (standard error goes to the journal), log lines carry no timestamp."),
         ),
+        *tp(
+            f"{bold(paths.RUN_DIR_ENV)}, {bold(paths.STATE_DIR_ENV)}",
+            line(
+                f"The directories of the default control sockets ({paths.RUN_DIR}) and audit "
+                f"trails ({paths.STATE_DIR}), for the daemon and its commands alike; for tests and "
+                "unusual layouts."
+            ),
+        ),
         ".SH FILES",
         *tp(
             italic(conf),
@@ -403,7 +410,9 @@ def render() -> str:
             italic(sock),
             line(
                 "The control socket (mode 0600) that xvmd status reads (--control); read-only, "
-                "it changes nothing."
+                "it changes nothing. A daemon started with --instance NAME uses "
+                f"{paths.RUN_DIR}/xvmd-NAME.sock, one on another port P without it "
+                f"{paths.RUN_DIR}/xvmd-P.sock."
             ),
         ),
         *tp(
@@ -411,7 +420,8 @@ def render() -> str:
             line(
                 "The audit trail (--audit), one JSON line per request that reached an action or "
                 "a refusal, mode 0600, append-only; a power action's record is on disk before "
-                "its result is sent. Read it with xvmd audit."
+                "its result is sent. Read it with xvmd audit. Named like the control socket: "
+                f"{paths.STATE_DIR}/audit-NAME.jsonl, {paths.STATE_DIR}/audit-P.jsonl."
             ),
         ),
         *tp(
@@ -421,6 +431,13 @@ def render() -> str:
         *tp(
             italic("/lib/systemd/system/xvmd.service"),
             line("The systemd unit (Type=notify, watchdog, reload by SIGHUP)."),
+        ),
+        *tp(
+            italic("/lib/systemd/system/xvmd@.service"),
+            line(
+                "The template for several daemons on one host, one per guest cluster: xvmd@NAME "
+                "runs xvmd --instance NAME with XVMD_OPTS from /etc/default/xvmd-NAME."
+            ),
         ),
         ".SH EXIT STATUS",
     ]
@@ -446,6 +463,15 @@ def render() -> str:
         ".RS",
         "xvmd \\-\\-local \\-I virbr0",
         f"xvmd \\-\\-local \\-\\-no\\-ccs \\-k {esc(key)} \\-I virbr0 \\-U qemu:///system",
+        ".RE",
+        ".fi",
+        ".PP",
+        line("Two guest clusters on one host, each with its own key, cluster.conf and port:"),
+        ".PP",
+        ".nf",
+        ".RS",
+        "systemctl enable \\-\\-now xvmd@alpha xvmd@beta",
+        "xvmd status \\-\\-instance beta",
         ".RE",
         ".fi",
         ".PP",

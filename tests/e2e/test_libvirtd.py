@@ -7,6 +7,7 @@ with its RPC socket in the test's scratch directory, so it never touches the sys
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,8 @@ import pytest
 
 from tests.e2e.conftest import XvmdFactory
 from tests.support.harness import Netns, fence_xvm, run
+from tests.support.inside import status
+from xvmd.daemon import DRAIN_TIMEOUT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.libvirtd]
 
@@ -154,3 +157,41 @@ def test_hung_libvirtd_fails_requests_within_budget_in_parallel(
     assert elapsed < 30, elapsed
     assert fence_xvm(ns, *common, "-o", "status", "-H", "test").rc == 0
     assert "no answer from the hypervisor within" in d.log()
+
+
+def test_stop_with_a_wedged_libvirtd_ends_and_records_the_unknown_outcome(
+    libvirtd: Libvirtd, start_xvmd: XvmdFactory, key_file: Path, tmp_path: Path
+) -> None:
+    d = start_xvmd(uri=libvirtd.uri, ns=libvirtd.netns)
+    ns = libvirtd.netns
+    assert libvirtd.proc is not None and d.proc is not None
+    common = ["-p", str(d.port), "-k", str(key_file), "-t", "40"]
+    assert fence_xvm(ns, *common, "-o", "status", "-H", "test").rc == 0
+    os.kill(libvirtd.proc.pid, signal.SIGSTOP)
+    client = subprocess.Popen(ns.cmd("fence_xvm", *common, "-o", "off", "-H", "test"))
+    try:
+        deadline = time.monotonic() + 10
+        while status(d)["active_sessions"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # authenticated and waiting on the frozen hypervisor
+        t0 = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = d.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("xvmd did not stop while libvirtd was wedged:\n" + d.log())
+        stopped_in = time.monotonic() - t0
+        client_rc = client.wait(timeout=60)
+    finally:
+        os.kill(libvirtd.proc.pid, signal.SIGCONT)
+        if client.poll() is None:
+            client.kill()
+    assert rc == 0, d.log()
+    assert stopped_in < DRAIN_TIMEOUT + 8, stopped_in
+    assert client_rc != 0  # told nothing: never a false "done"
+    audit = tmp_path / f"audit-{d.port}.jsonl"
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    offs = [r for r in records if r["op"] == "off"]
+    assert [r["result"] for r in offs] == ["unknown"], records
+    assert "outcome of off is unknown" in offs[0]["detail"]
+    assert "result unknown" in d.log()

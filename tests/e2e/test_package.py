@@ -84,7 +84,9 @@ def expected_files() -> set[str]:
     files = {
         "./usr/sbin/xvmd",
         "./lib/systemd/system/xvmd.service",
+        "./lib/systemd/system/xvmd@.service",
         "./etc/default/xvmd",
+        "./etc/logrotate.d/xvmd",
         "./usr/share/man/man8/xvmd.8.gz",
         "./usr/share/doc/xvmd/README.md",
         "./usr/share/doc/xvmd/copyright",
@@ -291,7 +293,7 @@ def test_control_fields(deb: Path) -> None:
 
 
 def test_maintainer_scripts_enable_but_never_start(control_dir: Path) -> None:
-    assert (control_dir / "conffiles").read_text() == "/etc/default/xvmd\n"
+    assert (control_dir / "conffiles").read_text() == "/etc/default/xvmd\n/etc/logrotate.d/xvmd\n"
     for name in MAINTAINER_SCRIPTS:
         script = control_dir / name
         assert script.stat().st_mode & 0o777 == 0o755, name
@@ -328,11 +330,15 @@ def test_contents(deb: Path) -> None:
 
 
 def test_packaged_files_are_the_sources(extracted: Path) -> None:
-    assert (extracted / "lib/systemd/system/xvmd.service").read_bytes() == (
-        REPO / "contrib" / "xvmd.service"
-    ).read_bytes()
+    for unit in ("xvmd.service", "xvmd@.service"):
+        assert (extracted / "lib/systemd/system" / unit).read_bytes() == (
+            REPO / "contrib" / unit
+        ).read_bytes()
     assert (extracted / "etc/default/xvmd").read_bytes() == (
         REPO / "contrib" / "default" / "xvmd"
+    ).read_bytes()
+    assert (extracted / "etc/logrotate.d/xvmd").read_bytes() == (
+        REPO / "contrib" / "logrotate" / "xvmd"
     ).read_bytes()
     with gzip.open(extracted / "usr/share/man/man8/xvmd.8.gz", "rt") as fh:
         assert fh.read() == generate_manpage()

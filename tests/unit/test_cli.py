@@ -1,15 +1,22 @@
-"""Command-line errors: usage errors exit 2, a key file that cannot work exits 1."""
+"""Command-line errors: usage errors exit 2, a key file that cannot work exits 1. The paths a
+daemon derives from --instance or its port, and which daemons ``xvmd status`` finds."""
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
-from collections.abc import Iterator
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from xvmd import cli
+from xvmd import cli, paths, statuscmd
 from xvmd.keys import KeyFileError, load_key
 from xvmd.policy import Policy
 from xvmd.protocol.wire import HashType
@@ -258,3 +265,265 @@ def test_listeners() -> None:
     assert required[0].group == "239.1.2.3"
     with pytest.raises(SettingsError):
         Settings(address="10.0.0.1").listeners()
+
+
+# -- control socket and audit trail: derived from --instance or the port ---------------------------
+
+
+@pytest.fixture
+def default_dirs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(paths.RUN_DIR_ENV, raising=False)
+    monkeypatch.delenv(paths.STATE_DIR_ENV, raising=False)
+
+
+def derived(argv: list[str], ccs_attrs: dict[str, str] | None = None) -> Settings:
+    args = cli.build_parser().parse_args([*LOCAL, *argv])
+    return cli.settings_from_args(args, ccs_attrs)
+
+
+@pytest.mark.usefixtures("default_dirs")
+@pytest.mark.parametrize(
+    ("argv", "ccs_attrs", "sock", "trail"),
+    [
+        ([], None, "xvmd.sock", "audit.jsonl"),
+        (["-p", "1229"], None, "xvmd.sock", "audit.jsonl"),
+        (["-p", "1230"], None, "xvmd-1230.sock", "audit-1230.jsonl"),
+        (["--instance", "alpha"], None, "xvmd-alpha.sock", "audit-alpha.jsonl"),
+        (["--instance", "alpha", "-p", "1230"], None, "xvmd-alpha.sock", "audit-alpha.jsonl"),
+        ([], {"port": "1240"}, "xvmd-1240.sock", "audit-1240.jsonl"),  # <fence_xvmd port=...>
+        (["-p", "1250"], {"port": "1240"}, "xvmd-1250.sock", "audit-1250.jsonl"),
+    ],
+)
+def test_default_paths_derive_from_instance_or_port(
+    argv: list[str], ccs_attrs: dict[str, str] | None, sock: str, trail: str
+) -> None:
+    settings = derived(argv, ccs_attrs)
+    assert settings.control == f"/run/xvmd/{sock}"
+    assert settings.audit == f"/var/lib/xvmd/{trail}"
+    assert settings.instance == (argv[1] if argv[:1] == ["--instance"] else None)
+
+
+@pytest.mark.usefixtures("default_dirs")
+def test_explicit_paths_win(tmp_path: Path) -> None:
+    settings = derived(["--instance", "a", "--control", "x.sock", "--audit", str(tmp_path / "t")])
+    assert settings.control == os.path.abspath("x.sock")
+    assert settings.audit == str(tmp_path / "t")
+    settings = derived(["-p", "1230", "--control", "none", "--audit", "none"])
+    assert settings.control is None and settings.audit is None
+
+
+def test_derived_paths_follow_the_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(paths.RUN_DIR_ENV, str(tmp_path / "run"))
+    monkeypatch.setenv(paths.STATE_DIR_ENV, str(tmp_path / "state"))
+    settings = derived(["--instance", "beta"])
+    assert settings.control == str(tmp_path / "run" / "xvmd-beta.sock")
+    assert settings.audit == str(tmp_path / "state" / "audit-beta.jsonl")
+
+
+def test_the_daemon_gets_the_derived_paths(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    no_serve: list[tuple[Settings, list[object]]],
+) -> None:
+    monkeypatch.setenv(paths.RUN_DIR_ENV, str(tmp_path))
+    key = tmp_path / "key"
+    key.write_bytes(b"secret")
+    key.chmod(0o600)
+    assert cli.run([*LOCAL, "-k", str(key), "-p", "1300"]) == 0
+    [(settings, _keys)] = no_serve
+    assert settings.control == str(tmp_path / "xvmd-1300.sock")
+
+
+@pytest.mark.parametrize("name", ["a/b", "-x", ".x", "a b", "x" * 65, ""])
+def test_bad_instance_is_a_usage_error(
+    name: str, capsys: pytest.CaptureFixture[str], no_serve: list[tuple[Settings, list[object]]]
+) -> None:
+    err = usage_error([*LOCAL, f"--instance={name}"], capsys)
+    assert "instance name" in err
+    assert no_serve == []
+
+
+# -- xvmd status: which daemon, and what it shows --------------------------------------------------
+
+
+def status_doc(**extra: object) -> dict[str, object]:
+    doc: dict[str, object] = {
+        "version": "0.1.0",
+        "pid": 42,
+        "started": 0,
+        "mode": "local",
+        "listeners": ["225.0.0.12 port 1229"],
+        "backend": {"description": "test", "reachable": True},
+        "quorum": None,
+        "config": None,
+    }
+    doc.update(extra)
+    return doc
+
+
+def rendered(doc: dict[str, object]) -> list[str]:
+    out = io.StringIO()
+    statuscmd.render(doc, out)
+    return out.getvalue().splitlines()
+
+
+def test_render_without_the_new_keys_is_unchanged() -> None:
+    lines = rendered(status_doc())
+    assert lines[0].startswith("xvmd 0.1.0 (pid 42), local mode, up ")
+    assert not [x for x in lines if x.startswith(("audit:", "reload:"))]
+
+
+def test_render_instance_audit_and_reload() -> None:
+    epoch = 1_700_000_000.0
+    clock = time.strftime("%H:%M:%S", time.localtime(epoch))
+    doc = status_doc(
+        instance="beta",
+        audit={
+            "path": "/var/lib/xvmd/audit-beta.jsonl",
+            "written": 12,
+            "failures": 2,
+            "last_failure": "No space left on device",
+            "last_failure_epoch": epoch,
+            "reopened": 1,
+            "torn_tail": "84 bytes without a newline",
+        },
+        reload={
+            "reloads": 3,
+            "failures": 1,
+            "last_problem": "cluster.conf: 2 errors",
+            "last_problem_epoch": epoch,
+            "machinery": "inotify watch lost",
+        },
+    )
+    lines = rendered(doc)
+    assert lines[0].startswith("xvmd 0.1.0 (pid 42), instance beta, local mode, up ")
+    assert (
+        "audit: /var/lib/xvmd/audit-beta.jsonl (12 records; 2 FAILED, last: No space left on "
+        f"device at {clock}; reopened 1 times)"
+    ) in lines
+    assert "  torn last line found at start: 84 bytes without a newline" in lines
+    assert (
+        "reload: FAILED -- inotify watch lost; 1 changes rejected, last: cluster.conf: 2 errors "
+        f"at {clock}"
+    ) in lines
+
+
+def test_render_healthy_audit_and_reload_and_audit_off() -> None:
+    ok_audit = {"path": "/a.jsonl", "written": 5, "failures": 0, "reopened": 0, "torn_tail": None}
+    lines = rendered(status_doc(audit=ok_audit, reload={"failures": 0, "machinery": "ok"}))
+    assert "audit: /a.jsonl (5 records)" in lines
+    assert "reload: ok" in lines
+    lines = rendered(status_doc(audit=None, reload=None))
+    assert "audit: off" in lines
+    assert not [x for x in lines if x.startswith("reload:")]
+
+
+class _Answer(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        self.request.sendall(json.dumps(self.server.doc).encode())  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "run"
+    path.mkdir()
+    monkeypatch.setenv(paths.RUN_DIR_ENV, str(path))
+    return path
+
+
+@pytest.fixture
+def daemons(run_dir: Path) -> Iterator[Callable[[str, dict[str, object]], None]]:
+    """Real control sockets in run_dir, answering with the given status document."""
+    servers: list[socketserver.UnixStreamServer] = []
+
+    def answer(name: str, doc: dict[str, object]) -> None:
+        server = socketserver.UnixStreamServer(str(run_dir / name), _Answer)
+        server.doc = doc  # type: ignore[attr-defined]
+        threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
+        servers.append(server)
+
+    yield answer
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def status(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = statuscmd.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_status_without_a_daemon(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket(socket.AF_UNIX) as stale:
+        stale.bind(str(run_dir / "xvmd-old.sock"))  # left behind by a stopped daemon
+        code, out, err = status([], capsys)
+    assert (code, out) == (2, "")
+    assert f"xvmd is not running (no control socket in {run_dir} answers)" in err
+    code, _out, err = status(["--instance", "alpha"], capsys)
+    assert code == 2 and str(run_dir / "xvmd-alpha.sock") in err
+
+
+def test_status_finds_the_one_instance(
+    daemons: Callable[[str, dict[str, object]], None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    daemons("xvmd-alpha.sock", status_doc(instance="alpha"))
+    code, out, _err = status([], capsys)
+    assert code == 0
+    assert out.startswith("xvmd 0.1.0 (pid 42), instance alpha,")
+
+
+def test_status_shows_every_instance_with_the_worst_exit_code(
+    run_dir: Path,
+    daemons: Callable[[str, dict[str, object]], None],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    inquorate = {"quorate": False, "reason": "lost", "connected": False}
+    daemons("xvmd-alpha.sock", status_doc(instance="alpha"))
+    daemons("xvmd-1230.sock", status_doc(pid=43, mode="cluster", quorum=inquorate))
+    code, out, _err = status([], capsys)
+    assert code == 1
+    assert (
+        f"== {run_dir / 'xvmd-1230.sock'}\n" in out and f"== {run_dir / 'xvmd-alpha.sock'}" in out
+    )
+    assert "(pid 42), instance alpha" in out and "(pid 43), cluster mode" in out
+    code, out, _err = status(["--json"], capsys)
+    docs = json.loads(out)
+    assert [(d["control"], d["pid"]) for d in docs] == [
+        (str(run_dir / "xvmd-1230.sock"), 43),
+        (str(run_dir / "xvmd-alpha.sock"), 42),
+    ]
+    assert status(["--instance", "alpha"], capsys)[:2] == (
+        0,
+        rendered_text(status_doc(instance="alpha")),
+    )
+    code, out, _err = status(["-p", "1230", "--json"], capsys)
+    assert (code, json.loads(out)["pid"]) == (1, 43)
+
+
+def rendered_text(doc: dict[str, object]) -> str:
+    return "\n".join(rendered(doc)) + "\n"
+
+
+def test_status_prefers_the_default_daemon(
+    daemons: Callable[[str, dict[str, object]], None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    daemons("xvmd.sock", status_doc(pid=1))
+    daemons("xvmd-alpha.sock", status_doc(pid=2, instance="alpha"))
+    code, out, _err = status(["--json"], capsys)
+    assert (code, json.loads(out)["pid"]) == (0, 1)  # as before: one document
+    code, out, _err = status(["-p", "1229", "--json"], capsys)
+    assert json.loads(out)["pid"] == 1
+
+
+def test_status_selectors_exclude_each_other(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--instance", "a", "-p", "1230"], ["--control", "x", "--instance", "a"]):
+        with pytest.raises(SystemExit) as info:
+            statuscmd.main(argv)
+        assert info.value.code == 2
+        assert "not allowed with" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        statuscmd.main(["--instance", "a/b"])
+    assert "instance name" in capsys.readouterr().err

@@ -62,7 +62,19 @@ def rel(p: Path) -> str:
         REPO / "xvmd/intake.py",
         REPO / "xvmd/addresses.py",
         REPO / "xvmd/limits.py",
-        *(REPO / f"ccs/{m}.py" for m in ("issues", "model", "parse", "validate", "reload")),
+        *(
+            REPO / f"ccs/{m}.py"
+            for m in (
+                "issues",
+                "model",
+                "parse",
+                "lines",
+                "limits",
+                "validate",
+                "crosscheck",
+                "reload",
+            )
+        ),
     ],
     ids=rel,
 )

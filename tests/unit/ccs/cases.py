@@ -9,11 +9,12 @@ test) and a fragment of its message.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ccs import Code
+from ccs.limits import MAX_CONFIG_BYTES, MAX_NODES
 
 REPO = Path(__file__).resolve().parents[3]
 FIXTURES = REPO / "fixtures"
@@ -59,19 +60,64 @@ class Case:
     explicit: tuple[str, ...] | None = None  # devices passed as ``-D``
     key_modes: Mapping[str, int] = field(default_factory=dict)  # stage privately, these modes
     also: frozenset[Code] = frozenset()  # other codes the file unavoidably yields
+    # Writes the file into the directory given (fixture None): for files too big for git.
+    make: Callable[[Path], Path] | None = None
 
     @property
     def id(self) -> str:
         return str(self.code)
 
 
+def nodes_conf(count: int, key: Path | str = "/nonexistent/key") -> str:
+    """A cluster.conf of ``count`` nodes, one line each, on one fence_xvm device; node N is
+    named nodeNNNN and fenced through VM vm-NNNN."""
+    out = ['<?xml version="1.0"?>', '<cluster name="big" config_version="1">', "<clusternodes>"]
+    for n in range(1, count + 1):
+        out.append(
+            f'<clusternode name="node{n:04d}" nodeid="{n}"><fence><method name="1">'
+            f'<device name="xvm" port="vm-{n:04d}"/></method></fence></clusternode>'
+        )
+    out.append("</clusternodes><fencedevices>")
+    out.append(f'<fencedevice name="xvm" agent="fence_xvm" key_file="{key}"/>')
+    out.append("</fencedevices></cluster>")
+    return "\n".join(out) + "\n"
+
+
+def make_too_large(directory: Path) -> Path:
+    """A sparse file one byte over the limit: nothing of it may be read."""
+    path = directory / "cluster.conf"
+    with path.open("wb") as fh:
+        fh.truncate(MAX_CONFIG_BYTES + 1)
+    return path
+
+
+def make_too_many_nodes(directory: Path) -> Path:
+    path = directory / "cluster.conf"
+    path.write_text(nodes_conf(MAX_NODES + 1))
+    return path
+
+
 CASES: tuple[Case, ...] = (
     # Structure
     Case(Code.CONFIG_UNREADABLE, None, None, "no such file"),
+    Case(
+        Code.CONFIG_TOO_LARGE,
+        None,
+        None,
+        f"is {MAX_CONFIG_BYTES + 1} bytes, more than the {MAX_CONFIG_BYTES} allowed",
+        make=make_too_large,
+    ),
     Case(Code.XML_SYNTAX, "invalid-xml-syntax.conf", "</clusternod>", "tag mismatch"),
     Case(Code.NOT_CLUSTER, "invalid-not-cluster.conf", "<cib ", "root element is <cib>"),
     Case(Code.MISSING_ELEMENT, "invalid-missing-element.conf", "<cluster ", "<clusternodes>"),
     Case(Code.MISSING_ATTRIBUTE, "invalid-missing-attribute.conf", "<method>", "name="),
+    Case(
+        Code.TOO_MANY_NODES,
+        None,
+        f'name="node{MAX_NODES + 1:04d}"',
+        f"more than {MAX_NODES} <clusternode> elements",
+        make=make_too_many_nodes,
+    ),
     # Values
     Case(Code.BAD_NUMBER, "invalid-bad-number.conf", 'votes="one"', 'votes="one"'),
     Case(Code.BAD_PORT, "invalid-bad-port.conf", 'ipport="70000"', 'ipport="70000"'),
@@ -168,6 +214,8 @@ def fake_resolver(names: Iterable[str]) -> dict[str, tuple[str, ...]]:
 def case_path(case: Case, staged: Path, tmp_path: Path) -> Path:
     """The file to load for ``case``: from the shared staged copy, or from a private copy in
     ``tmp_path`` when the case needs particular key modes."""
+    if case.make is not None:
+        return case.make(tmp_path)
     if case.fixture is None:
         return tmp_path / "no-such-dir" / "cluster.conf"
     if case.key_modes:
