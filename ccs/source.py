@@ -22,11 +22,13 @@ from .validate import MAX_KEY_LEN, KeyState
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _KINDS = (
+    (stat.S_ISREG, "a regular file"),
     (stat.S_ISDIR, "a directory"),
     (stat.S_ISFIFO, "a FIFO"),
     (stat.S_ISCHR, "a character device"),
     (stat.S_ISBLK, "a block device"),
     (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISLNK, "a symbolic link"),
 )
 
 
@@ -43,8 +45,9 @@ class _NotRegular(Exception):
     """The path (after symlinks) is not a regular file; the message says what it is."""
 
 
-def _kind(mode: int) -> str:
-    return next((what for test, what in _KINDS if test(mode)), "of an unknown type")
+def describe(mode: int) -> str:
+    """What kind of file ``mode`` says, as an article and a noun ("a FIFO")."""
+    return next((what for test, what in _KINDS if test(mode)), "a special file")
 
 
 def _open_regular(path: str) -> tuple[int, os.stat_result]:
@@ -57,12 +60,12 @@ def _open_regular(path: str) -> tuple[int, os.stat_result]:
     # stat first: even a non-blocking open of a device can have side effects.
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):
-        raise _NotRegular(_kind(st.st_mode))
+        raise _NotRegular(describe(st.st_mode))
     fd = os.open(path, _OPEN_FLAGS)
     try:
         st = os.fstat(fd)  # the path may have been swapped between stat and open
         if not stat.S_ISREG(st.st_mode):
-            raise _NotRegular(_kind(st.st_mode))
+            raise _NotRegular(describe(st.st_mode))
     except BaseException:
         os.close(fd)
         raise

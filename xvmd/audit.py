@@ -26,7 +26,8 @@ import threading
 import time
 from typing import Any, NoReturn
 
-from .paths import describe
+from ccs.source import describe
+
 from .protocol.wire import Op
 
 log = logging.getLogger("xvmd.audit")

@@ -19,7 +19,7 @@ from typing import Any
 from ccs.load import Snapshot
 
 from . import __version__, control, systemd
-from .audit import AuditError, AuditLog, handled_power_actions
+from .audit import ROTATED_SUFFIX, AuditError, AuditLog, handled_power_actions
 from .backend import Backend
 from .executor import BackendRunner
 from .keys import KeyFileError, load_key
@@ -379,7 +379,11 @@ def _restore_replay_memory(service: FenceService, path: str, now: float) -> None
         history.remember_done(key_of(ops[label], seqno, target), now - (wall - epoch))
     if found:
         log.info(
-            "replay protection: %d power actions of the last hour read from %s", len(found), path
+            "replay protection: %d power actions of the last hour read from %s (and %s%s)",
+            len(found),
+            path,
+            path,
+            ROTATED_SUFFIX,
         )
 
 

@@ -16,6 +16,8 @@ import os
 import re
 import stat
 
+from ccs.source import describe
+
 from .settings import DEFAULT_PORT
 
 RUN_DIR = "/run/xvmd"  # control sockets (systemd's RuntimeDirectory=xvmd)
@@ -67,20 +69,6 @@ def instance_paths(instance: str | None, port: int) -> tuple[str, str]:
         os.path.join(run_dir(), f"xvmd{suffix}.sock"),
         os.path.join(state_dir(), f"audit{suffix}.jsonl"),
     )
-
-
-def describe(mode: int) -> str:
-    """What kind of file ``mode`` says, as an article and a noun."""
-    kinds = (
-        (stat.S_ISREG, "a regular file"),
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISLNK, "a symbolic link"),
-    )
-    return next((name for test, name in kinds if test(mode)), "a special file")
 
 
 def _kind(path: str, lmode: int) -> str:

@@ -439,6 +439,13 @@ def render() -> str:
                 "runs xvmd --instance NAME with XVMD_OPTS from /etc/default/xvmd-NAME."
             ),
         ),
+        *tp(
+            italic("/etc/logrotate.d/xvmd"),
+            line(
+                "Weekly rotation of the audit trails by renaming (no copytruncate): xvmd notices "
+                "the rename before its next record, or on SIGHUP, and opens a new file."
+            ),
+        ),
         ".SH EXIT STATUS",
     ]
     for command in commands:

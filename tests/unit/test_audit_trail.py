@@ -9,12 +9,12 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 from tests.support.harness import REPO
+from tests.support.promptly import promptly
 from xvmd import auditcmd
 from xvmd.audit import AuditError, AuditLog, handled_power_actions
 
@@ -148,33 +148,12 @@ def test_a_failed_reopen_is_counted_and_retried_and_never_raises(tmp_path: Path)
 # -- nothing but a regular file --------------------------------------------------------------------
 
 
-def _open_in_thread(path: Path) -> BaseException | None:
-    """AuditLog(path) in a thread; a FIFO that blocks it is unblocked by opening its other end."""
-    outcome: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            AuditLog(str(path)).close()
-            outcome.append(None)
-        except BaseException as exc:
-            outcome.append(exc)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(5)
-    if t.is_alive():
-        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))  # release the hung open
-        t.join(5)
-        pytest.fail(f"opening {path} as the audit trail hung")
-    return outcome[0]
-
-
 def test_a_fifo_is_refused_without_hanging(tmp_path: Path) -> None:
     fifo = tmp_path / "audit.jsonl"
     os.mkfifo(fifo)
-    exc = _open_in_thread(fifo)
-    assert isinstance(exc, AuditError)
-    assert str(exc) == f"audit file {fifo} is a FIFO, not a regular file"
+    with pytest.raises(AuditError) as exc:
+        promptly(lambda: AuditLog(str(fifo)).close(), unblock=fifo)
+    assert str(exc.value) == f"audit file {fifo} is a FIFO, not a regular file"
 
 
 def test_a_directory_and_a_socket_are_refused(tmp_path: Path) -> None:

@@ -6,9 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import tracemalloc
-from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,6 +17,7 @@ from ccs import Code
 from ccs.limits import MAX_CONFIG_BYTES, MAX_NODES, MAX_NUMBER
 from ccs.parse import parse, whole_number
 from ccs.source import SourceError, read_config, read_key
+from tests.support.promptly import promptly
 from tests.unit.ccs.cases import REPO, line_of, nodes_conf
 from xvmd import checkconfig
 
@@ -32,31 +31,6 @@ def _parse(xml: str) -> tuple[ccs.Cluster | None, list[ccs.Issue]]:
 
 def _codes(xml: str) -> list[Code]:
     return [i.code for i in _parse(xml)[1]]
-
-
-def _promptly(fn: Callable[[], T], unblock: Path | None = None) -> T:
-    """``fn()`` run in a thread; fails (instead of hanging the suite) if it takes over 5 s.
-    ``unblock``: a FIFO to open for writing then, so that a blocked reader gets EOF."""
-    out: list[T] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            out.append(fn())
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(5)
-    if thread.is_alive():
-        if unblock is not None:
-            os.close(os.open(unblock, os.O_WRONLY | os.O_NONBLOCK))
-            thread.join(5)
-        pytest.fail(f"{fn} blocked")
-    if errors:
-        raise errors[0]
-    return out[0]
 
 
 # --- numbers ---------------------------------------------------------------------------------
@@ -158,10 +132,10 @@ def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     fifo = tmp_path / "cluster.conf"
     os.mkfifo(fifo)
     with pytest.raises(SourceError) as exc:
-        _promptly(lambda: read_config(str(fifo)), unblock=fifo)
+        promptly(lambda: read_config(str(fifo)), unblock=fifo)
     assert str(exc.value) == f"{fifo}: is a FIFO, not a regular file"
     assert exc.value.code is Code.CONFIG_UNREADABLE
-    result = _promptly(lambda: ccs.load(str(fifo)), unblock=fifo)
+    result = promptly(lambda: ccs.load(str(fifo)), unblock=fifo)
     assert [(i.code, i.line) for i in result.issues] == [(Code.CONFIG_UNREADABLE, 0)]
     assert result.unreadable == f"{fifo}: is a FIFO, not a regular file"
 
@@ -169,7 +143,7 @@ def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
 def test_symlink_to_dev_zero_is_refused_unread(tmp_path: Path) -> None:
     link = tmp_path / "cluster.conf"
     os.symlink("/dev/zero", link)
-    result = _promptly(lambda: ccs.load(str(link)))
+    result = promptly(lambda: ccs.load(str(link)))
     assert [i.code for i in result.issues] == [Code.CONFIG_UNREADABLE]
     assert result.unreadable == f"{link}: is a character device, not a regular file"
     assert result.snapshot is None and result.cluster is None
@@ -229,7 +203,7 @@ def test_bytes_over_the_limit_are_refused_by_parse_too() -> None:
 def test_key_file_linked_to_dev_zero_is_not_read(tmp_path: Path) -> None:
     link = tmp_path / "host.key"
     os.symlink("/dev/zero", link)
-    state = _promptly(lambda: read_key(str(link)))
+    state = promptly(lambda: read_key(str(link)))
     assert (state.data, state.problem) == (None, "not a regular file")
 
 
