@@ -279,3 +279,28 @@ def test_handled_power_actions_reads_the_file_logrotate_just_renamed(tmp_path: P
     trail.write_text(line(rec(2, "on", result="success")))
     got = handled_power_actions(str(trail), since=1_699_999_000.0)
     assert [seqno for _, _, seqno, _ in got] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("selector", "name"),
+    [
+        (["--instance", "beta"], "audit-beta.jsonl"),
+        (["-p", "1230"], "audit-1230.jsonl"),
+        ([], "audit.jsonl"),
+    ],
+)
+def test_xvmd_audit_finds_an_instances_trail_by_the_daemons_naming_rule(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    selector: list[str],
+    name: str,
+) -> None:
+    monkeypatch.setenv("XVMD_STATE_DIR", str(tmp_path))
+    for other in ("audit-beta.jsonl", "audit-1230.jsonl", "audit.jsonl"):
+        log = AuditLog(str(tmp_path / other))
+        log.write({"epoch": 1.0, "op": "status", "target": other}, durable=False)
+        log.close()
+    assert auditcmd.main([*selector, "--json"]) == 0
+    shown = [json.loads(line)["target"] for line in capsys.readouterr().out.splitlines()]
+    assert shown == [name]
