@@ -18,7 +18,7 @@ from typing import Any
 
 from ccs.load import Snapshot
 
-from . import __version__, control, systemd
+from . import __version__, control, statusdoc, systemd
 from .audit import ROTATED_SUFFIX, AuditError, AuditLog, handled_power_actions
 from .backend import Backend
 from .executor import BackendRunner
@@ -162,9 +162,29 @@ class Daemon:
                 raise StartupError(str(exc)) from None
 
     async def run(self, sockets: list[tuple[Listener, socket.socket]]) -> int:
+        """Serve until SIGTERM/SIGINT; the same ordered shutdown after a start-up error."""
         loop = asyncio.get_running_loop()
         clock = Clock(now=time.monotonic, sleep=time.sleep)
         runner = BackendRunner(self.backend, clock, workers=self.settings.workers)
+        try:
+            service = self._build(runner)
+            self._install_signals(service)
+            await self._start(sockets, service, runner)
+            housekeeping = asyncio.create_task(self._housekeeping(runner, service))
+            pings = asyncio.create_task(_watchdog(systemd.watchdog_interval()))
+            await self._stop.wait()
+            housekeeping.cancel()
+            pings.cancel()
+            log.info("stopping: no new requests; waiting for %d in flight", service.active_sessions)
+        finally:
+            await self._shutdown(sockets, runner)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        return 0
+
+    def _build(self, runner: BackendRunner) -> FenceService:
+        """The audit trail and the service. Raises StartupError."""
+        loop = asyncio.get_running_loop()
         audit = None
         if self.settings.audit:
             try:
@@ -182,85 +202,103 @@ class Daemon:
         )
         if audit is not None:
             _restore_replay_memory(service, audit.path, loop.time())
+        return service
+
+    def _install_signals(self, service: FenceService) -> None:
+        loop = asyncio.get_running_loop()
+        audit = self._audit
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        if self.snapshot is not None and self.settings.config is not None:
-
-            def apply(snap: Snapshot) -> None:
-                service.policy = Policy.from_snapshot(snap)
-
-            self._reloader = Reloader(
-                self.settings.config,
-                self.settings.devices,
-                self.snapshot,
-                apply,
-                on_reload=audit.reopen if audit is not None else None,
-            )
-            self._reloader.start()
-            loop.add_signal_handler(signal.SIGHUP, self._reloader.trigger)
-        else:
+        if self.snapshot is None or self.settings.config is None:
             loop.add_signal_handler(signal.SIGHUP, self._reload_key, service, audit)
-        try:
-            if self.quorum is not None:
-                await self.quorum.start()
-            await self._listen(sockets, service)
+            return
 
-            # Re-created interfaces (a libvirt network restarted, a bridge rebuilt) lose their
-            # group memberships: follow link events and join again.
-            def link_event(name: str, index: int, exists: bool, up: bool) -> None:
-                loop.call_soon_threadsafe(self._on_link, name, index, exists, up)
+        def apply(snap: Snapshot) -> None:
+            service.policy = Policy.from_snapshot(snap)
 
-            self._links = LinkWatcher(link_event)
-            self._links.start()
-            log.info(
-                "xvmd ready: %s on %s; hash >= %s, auth %s; backend %s; %s",
-                ", ".join(self.where),
-                self.settings.interface or "any interface",
-                self.settings.hash.label,
-                self.settings.auth.label,
+        self._reloader = Reloader(
+            self.settings.config,
+            self.settings.devices,
+            self.snapshot,
+            apply,
+            on_reload=audit.reopen if audit is not None else None,
+        )
+        self._reloader.start()
+        loop.add_signal_handler(signal.SIGHUP, self._reloader.trigger)
+
+    async def _start(
+        self,
+        sockets: list[tuple[Listener, socket.socket]],
+        service: FenceService,
+        runner: BackendRunner,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        audit = self._audit
+        if self.quorum is not None:
+            await self.quorum.start()
+        await self._listen(sockets, service)
+
+        # Re-created interfaces (a libvirt network restarted, a bridge rebuilt) lose their
+        # group memberships: follow link events and join again.
+        def link_event(name: str, index: int, exists: bool, up: bool) -> None:
+            loop.call_soon_threadsafe(self._on_link, name, index, exists, up)
+
+        self._links = LinkWatcher(link_event)
+        self._links.start()
+        log.info(
+            "xvmd ready: %s on %s; hash >= %s, auth %s; backend %s; %s",
+            ", ".join(self.where),
+            self.settings.interface or "any interface",
+            self.settings.hash.label,
+            self.settings.auth.label,
+            self.backend.description,
+            "cluster mode (fencing only while quorate)" if self.quorum else "local mode",
+        )
+        if self.snapshot is not None:
+            statusdoc.log_plan(self.snapshot)
+        if not self.settings.needs_key:
+            log.warning("authentication is OFF (--hash none --auth none): anyone can fence")
+        if audit is not None:
+            log.info("audit trail: %s", audit.path)
+        systemd.ready(f"serving: {', '.join(self.where)}")
+        self.backend_up = await runner.check_connection(loop.time() + 10)
+        if not self.backend_up:
+            log.error(
+                "cannot reach %s yet; requests fail until it answers (retrying every %gs)",
                 self.backend.description,
-                "cluster mode (fencing only while quorate)" if self.quorum else "local mode",
+                RECONNECT_INTERVAL,
             )
-            if self.snapshot is not None:
-                _log_plan(self.snapshot)
-            if not self.settings.needs_key:
-                log.warning("authentication is OFF (--hash none --auth none): anyone can fence")
-            if audit is not None:
-                log.info("audit trail: %s", audit.path)
-            systemd.ready(f"serving: {', '.join(self.where)}")
-            self.backend_up = await runner.check_connection(loop.time() + 10)
-            if not self.backend_up:
-                log.error(
-                    "cannot reach %s yet; requests fail until it answers (retrying every %gs)",
-                    self.backend.description,
-                    RECONNECT_INTERVAL,
-                )
-            housekeeping = asyncio.create_task(self._housekeeping(runner, service))
-            pings = asyncio.create_task(_watchdog(systemd.watchdog_interval()))
-            await self._stop.wait()
-            housekeeping.cancel()
-            pings.cancel()
-            log.info("stopping: no new requests; waiting for %d in flight", service.active_sessions)
-        finally:
-            if self._links is not None:
-                self._links.stop()
-            if self._reloader is not None:
-                await self._reloader.stop()
-            for tr in self._transports:
-                tr.close()
-            for srv in self._servers:
-                srv.close()
-            if self.quorum is not None:
-                await self.quorum.stop()
-        left = await service.drain(DRAIN_TIMEOUT)
-        if left:
-            log.warning("%d requests cut off at exit after %gs", left, DRAIN_TIMEOUT)
+
+    async def _shutdown(
+        self, sockets: list[tuple[Listener, socket.socket]], runner: BackendRunner
+    ) -> None:
+        """In order: take no new requests; let those in flight finish, with quorum still
+        followed (a power action mid-handshake is carried out and answered); only then let go
+        of quorum, the worker pool, the hypervisor and the audit trail."""
+        if self._links is not None:
+            self._links.stop()
+        if self._reloader is not None:
+            await self._reloader.stop()
+        for tr in self._transports:
+            tr.close()
+        if not self._transports:  # start-up failed before the sockets were handed over
+            for _, sock in sockets:
+                sock.close()
+        for srv in self._servers:
+            srv.close()
+        service = self._service
+        if service is not None:
+            left = await service.drain(DRAIN_TIMEOUT)
+            if left:
+                log.warning("%d requests cut off at exit after %gs", left, DRAIN_TIMEOUT)
+        if self.quorum is not None:
+            await self.quorum.stop()
         runner.shutdown()
         close_within(self.backend.close, CLOSE_TIMEOUT, self.backend.description)
-        if audit is not None:
-            audit.close()
-        _log_stats(service, final=True)
-        return 0
+        if self._audit is not None:
+            self._audit.close()
+        if service is not None:
+            _log_stats(service, final=True)
 
     def _reload_key(self, service: FenceService, audit: AuditLog | None) -> None:
         """SIGHUP without cluster.conf: re-read the key file (a key rotation), as fence_xvmd did.
@@ -283,34 +321,8 @@ class Daemon:
         """Everything ``xvmd status`` shows, as plain data."""
         service = self._service
         snap = self._reloader.current if self._reloader is not None else self.snapshot
-        config = None
-        if snap is not None:
-            cl = snap.cluster
-            config = {
-                "file": cl.file,
-                "cluster": cl.name,
-                "config_version": cl.config_version,
-                "reloads": self._reloader.reloads if self._reloader else 0,
-                "devices": [
-                    {
-                        "name": sd.name,
-                        "key_file": cl.key_path(sd.device),
-                        "nodes": [
-                            {
-                                "node": t.node,
-                                "nodeid": t.nodeid,
-                                "names": list(t.names),
-                                "domain": t.domain,
-                            }
-                            for t in sd.nodes
-                        ],
-                    }
-                    for sd in snap.plan.devices
-                ],
-                "not_served": [
-                    {"device": n.device, "reason": n.reason} for n in snap.plan.not_served
-                ],
-            }
+        reloads = self._reloader.reloads if self._reloader is not None else 0
+        config = statusdoc.config(snap, reloads) if snap is not None else None
         quorum = None
         if self.quorum is not None:
             quorum = dataclasses.asdict(self.quorum.current())
@@ -395,15 +407,3 @@ def _log_stats(service: FenceService, final: bool = False) -> None:
     parts = ", ".join(f"{k} {v}" for k, v in sorted(dropped.items())) or "none"
     done = ", ".join(f"{k} {v}" for k, v in sorted(served.items())) or "none"
     log.info("totals: answered %s; dropped %s", done, parts)
-
-
-def _log_plan(snap: Snapshot) -> None:
-    cl = snap.cluster
-    log.info("cluster.conf %s: cluster %r, config_version %d", cl.file, cl.name, cl.config_version)
-    for sd in snap.plan.devices:
-        nodes = ", ".join(f"{t.node}->{t.domain}" for t in sd.nodes) or "no nodes"
-        log.info("serving device %s (key %s): %s", sd.name, cl.key_path(sd.device), nodes)
-    for ns in snap.plan.not_served:
-        log.info("not serving device %s: %s", ns.device, ns.reason)
-    for issue in snap.issues:
-        log.warning("%s", issue.render())

@@ -9,14 +9,19 @@ the same network namespace and reaches its host's xvmd over multicast on lo.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
+import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.support import pyclient
 from tests.support.corosync_lab import Lab, Node, corosync_conf
 from tests.support.harness import (
     DOMAINS_XML,
@@ -26,6 +31,9 @@ from tests.support.harness import (
     fence_xvm,
     run_xvmd_once,
 )
+from tests.support.inside import enter_netns
+from xvmd.protocol.auth import Key
+from xvmd.protocol.wire import CHALLENGE_SIZE, HashType, Op
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("corosync_installed")]
 
@@ -200,3 +208,59 @@ def test_isolated_host_stops_fencing_while_the_others_serve(lab: Lab, tmp_path: 
     eventually(lambda: status(hosts[2]).rc == 0, timeout=20)
     assert all(serves(n, "on") for n in (1, 2, 3))
     assert all(d.proc is not None and d.proc.poll() is None for d in daemons)
+
+
+def _off_paused_mid_handshake(node: Node, key: Path, paused: int, go: int) -> int:
+    """Forked into the node's namespace: an `off` of node1 whose client stops after the daemon's
+    challenge (writes to ``paused``), answers it once ``go`` is readable, and returns the result
+    byte (255: none came)."""
+    pid = os.fork()
+    if pid != 0:
+        return pid
+    code = 255
+    try:
+        enter_netns(node.netns)
+        k = Key(key.read_bytes())
+        listener = pyclient.callback_listener()
+        packet = pyclient.build(Op.OFF, "node1", k, port=listener.getsockname()[1])
+        pyclient.send_datagram(packet, ("225.0.0.12", PORT))
+        listener.settimeout(10)
+        conn, _ = listener.accept()
+        conn.settimeout(30)
+        c1 = os.urandom(CHALLENGE_SIZE)
+        conn.sendall(c1)
+        assert conn.recv(CHALLENGE_SIZE, socket.MSG_WAITALL) == k.digest(HashType.SHA256, c1)
+        c2 = conn.recv(CHALLENGE_SIZE, socket.MSG_WAITALL)
+        os.write(paused, b"p")
+        os.read(go, 1)
+        conn.sendall(k.digest(HashType.SHA256, c2))
+        result = conn.recv(1)
+        code = result[0] if result else 255
+    finally:
+        os._exit(code)
+
+
+def test_sigterm_mid_handshake_still_carries_out_the_off_under_quorum(
+    lab: Lab, tmp_path: Path
+) -> None:
+    node = lab.node("h1")
+    node.start_corosync(corosync_conf(tmp_path / "h1", [(1, "127.0.0.1")], name="hosts"))
+    conf = guest_cluster(tmp_path / "guests", 1)
+    d = start_xvmd(node, conf, "xvm-host1")
+    eventually(lambda: status(node).rc == 0, timeout=10)
+    paused_r, paused_w = os.pipe()
+    go_r, go_w = os.pipe()
+    child = _off_paused_mid_handshake(node, conf.parent / "host1.key", paused_w, go_r)
+    assert os.read(paused_r, 1) == b"p"  # authenticated one way, the client's answer pending
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.wait_for_log("stopping: no new requests")
+    time.sleep(0.5)  # a daemon that lets go of quorum at once has done so by now
+    os.write(go_w, b"g")
+    _, wait_status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(wait_status) == 0, d.log()  # answered: success
+    assert d.proc.wait(timeout=20) == 0
+    records = [json.loads(x) for x in (node.scratch / "audit.jsonl").read_text().splitlines()]
+    assert [(r["op"], r["result"], r["quorum"]) for r in records] == [
+        ("off", "success", "quorate")
+    ], records

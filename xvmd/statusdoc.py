@@ -1,0 +1,46 @@
+"""What the daemon says about its configuration: the ``config`` part of the status document
+(``xvmd status``) and the plan it logs at start-up, both from one snapshot."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ccs.load import Snapshot
+
+log = logging.getLogger("xvmd")
+
+
+def config(snap: Snapshot, reloads: int) -> dict[str, Any]:
+    """cluster.conf as served: devices, their keys and node -> VM maps, what is not served."""
+    cl = snap.cluster
+    return {
+        "file": cl.file,
+        "cluster": cl.name,
+        "config_version": cl.config_version,
+        "reloads": reloads,
+        "devices": [
+            {
+                "name": sd.name,
+                "key_file": cl.key_path(sd.device),
+                "nodes": [
+                    {"node": t.node, "nodeid": t.nodeid, "names": list(t.names), "domain": t.domain}
+                    for t in sd.nodes
+                ],
+            }
+            for sd in snap.plan.devices
+        ],
+        "not_served": [{"device": n.device, "reason": n.reason} for n in snap.plan.not_served],
+    }
+
+
+def log_plan(snap: Snapshot) -> None:
+    cl = snap.cluster
+    log.info("cluster.conf %s: cluster %r, config_version %d", cl.file, cl.name, cl.config_version)
+    for sd in snap.plan.devices:
+        nodes = ", ".join(f"{t.node}->{t.domain}" for t in sd.nodes) or "no nodes"
+        log.info("serving device %s (key %s): %s", sd.name, cl.key_path(sd.device), nodes)
+    for ns in snap.plan.not_served:
+        log.info("not serving device %s: %s", ns.device, ns.reason)
+    for issue in snap.issues:
+        log.warning("%s", issue.render())
