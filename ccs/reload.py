@@ -10,15 +10,29 @@ Rules, as RHCS applied them to cluster.conf:
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from .issues import Issue, Severity
 from .load import LoadResult, Snapshot
 
 
+class Verdict(enum.Enum):
+    EDIT = "edit"  # cluster.conf changed with a greater config_version: applied
+    KEYS = "keys"  # only key files changed: a rotation, applied
+    UNCHANGED = "unchanged"  # nothing to do
+    NOT_BUMPED = "not-bumped"  # cluster.conf changed, config_version not greater: ignored
+    REJECTED = "rejected"  # errors: the running configuration stays
+
+    @property
+    def applies(self) -> bool:
+        return self in (Verdict.EDIT, Verdict.KEYS)
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
-    snapshot: Snapshot | None  # the new snapshot to apply, or None to keep the running one
+    verdict: Verdict
+    snapshot: Snapshot | None  # the new snapshot to apply (EDIT, KEYS), else None
     summary: str
     problems: tuple[Issue, ...] = ()
 
@@ -32,6 +46,7 @@ def decide(current: Snapshot, result: LoadResult) -> Decision:
     if new is None:
         errors = tuple(i for i in result.issues if i.severity is Severity.ERROR)
         return Decision(
+            Verdict.REJECTED,
             None,
             f"new configuration rejected ({len(errors)} error{'s' * (len(errors) != 1)}); "
             f"still serving config_version "
@@ -40,16 +55,19 @@ def decide(current: Snapshot, result: LoadResult) -> Decision:
         )
     if new.digest == current.digest:
         if _keys(new) == _keys(current) and new.plan == current.plan:
-            return Decision(None, "configuration unchanged")
-        return Decision(new, f"key files changed; now serving {_describe(new)}")
+            return Decision(Verdict.UNCHANGED, None, "configuration unchanged")
+        return Decision(Verdict.KEYS, new, f"key files changed; now serving {_describe(new)}")
     if new.version <= current.version:
         return Decision(
+            Verdict.NOT_BUMPED,
             None,
             f"cluster.conf changed but config_version {new.version} is not greater than the "
             f"running {current.version}: change ignored (bump config_version to apply it)",
         )
     return Decision(
-        new, f"config_version {current.version} -> {new.version}: now serving {_describe(new)}"
+        Verdict.EDIT,
+        new,
+        f"config_version {current.version} -> {new.version}: now serving {_describe(new)}",
     )
 
 

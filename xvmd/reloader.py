@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import ccs
 import ccs.source
 from ccs.load import LoadResult, Snapshot
-from ccs.reload import Decision, decide
+from ccs.reload import Decision, Verdict, decide
 from ccs.watch import Watcher
 
 from . import systemd
@@ -229,14 +229,19 @@ class Reloader:
             )
 
     def _rejected(self, decision: Decision) -> None:
-        level = logging.ERROR if decision.problems else logging.INFO
-        if "ignored" in decision.summary:
-            level = logging.WARNING
+        level = _LEVELS[decision.verdict]
         log.log(level, "%s", decision.summary)
         for issue in decision.problems:
             log.error("  %s", issue.render())
         if decision.problems:
             self._problem(f"{decision.summary}: {decision.problems[0].render()}")
+
+
+_LEVELS = {  # how loudly a reload that changed nothing is logged
+    Verdict.REJECTED: logging.ERROR,
+    Verdict.NOT_BUMPED: logging.WARNING,
+    Verdict.UNCHANGED: logging.INFO,
+}
 
 
 def _consume(fut: asyncio.Future[LoadResult]) -> None:
