@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from .issues import Code
 from .limits import MAX_CONFIG_BYTES
 from .model import Cluster
-from .validate import MAX_KEY_LEN, KeyState
+from .validate import MAX_KEY_LEN, KeyProblem, KeyState
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _KINDS = (
@@ -128,17 +128,17 @@ def read_key(path: str) -> KeyState:
     try:
         fd, st = _open_regular(path)
     except _NotRegular:
-        return KeyState(path, None, "not a regular file")
+        return KeyState(path, None, KeyProblem.NOT_REGULAR)
     except FileNotFoundError:
-        return KeyState(path, None, "missing")
+        return KeyState(path, None, KeyProblem.MISSING)
     except PermissionError:
-        return KeyState(path, None, "unreadable: permission denied")
+        return KeyState(path, None, KeyProblem.DENIED)
     except OSError as exc:
-        return KeyState(path, None, f"unreadable: {exc.strerror or exc}")
+        return KeyState(path, None, KeyProblem.UNREADABLE, detail=str(exc.strerror or exc))
     try:
         data = _read_at_most(fd, MAX_KEY_LEN + 1)
     except OSError as exc:
-        return KeyState(path, None, f"unreadable: {exc.strerror or exc}")
+        return KeyState(path, None, KeyProblem.UNREADABLE, detail=str(exc.strerror or exc))
     finally:
         os.close(fd)
     return KeyState(path, data, None, st.st_size, stat.S_IMODE(st.st_mode))

@@ -10,6 +10,7 @@ Rules:
 
 from __future__ import annotations
 
+import enum
 import re
 import stat
 from collections import defaultdict
@@ -29,15 +30,32 @@ _UUID_FORM = re.compile(
 )
 
 
+class KeyProblem(enum.Enum):
+    """Why a key file could not be read (one owner: ``ccs.source.read_key`` sets it)."""
+
+    MISSING = "missing"
+    NOT_REGULAR = "not a regular file"
+    DENIED = "unreadable: permission denied"
+    UNREADABLE = "unreadable"
+
+
 @dataclass(frozen=True, slots=True)
 class KeyState:
     """What ``ccs.source`` found at a key path. ``data`` is None when it could not be read."""
 
     path: str
     data: bytes | None
-    problem: str | None = None  # "missing", "unreadable: <why>", "not a regular file"
+    problem: KeyProblem | None = None  # set exactly when data is None
     size: int = 0
     mode: int = 0o600
+    detail: str = ""  # for UNREADABLE: the system's reason
+
+    @property
+    def reason(self) -> str:
+        """The problem in words: "missing", "unreadable: WHY", ..."""
+        if self.problem is KeyProblem.UNREADABLE:
+            return f"unreadable: {self.detail or 'error'}"
+        return self.problem.value if self.problem is not None else "empty"
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,11 +218,11 @@ def _key_issues(dev: FenceDevice, key: KeyState, explicit: bool, file: str) -> l
     line = dev.line
     where = f"device {dev.name!r}: key file {key.path}"
     if key.data is None:
-        if key.problem == "missing":
+        if key.problem is KeyProblem.MISSING:
             return (
                 [Issue(Code.KEY_MISSING, f"{where} does not exist", file, line)] if explicit else []
             )
-        return [Issue(Code.KEY_UNREADABLE, f"{where}: {key.problem}", file, line)]
+        return [Issue(Code.KEY_UNREADABLE, f"{where}: {key.reason}", file, line)]
     out = []
     if not key.data:
         out.append(Issue(Code.KEY_EMPTY, f"{where} is empty", file, line))
@@ -336,10 +354,10 @@ def validate(
             continue
         seen.add(dev.name)
         path = cluster.key_path(dev)
-        key = keys.get(path) or KeyState(path, None, "missing")
+        key = keys.get(path) or KeyState(path, None, KeyProblem.MISSING)
         issues.extend(_key_issues(dev, key, chosen is not None, f))
         if not key.data:
-            not_served.append(NotServed(dev.name, f"key file {key.path}: {key.problem or 'empty'}"))
+            not_served.append(NotServed(dev.name, f"key file {key.path}: {key.reason}"))
             continue
         targets = _targets(cluster, dev, uses, issues)
         served.append(ServedDevice(dev, key.data[:MAX_KEY_LEN], targets))

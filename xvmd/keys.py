@@ -10,6 +10,7 @@ import os
 import stat
 
 from ccs.source import read_key
+from ccs.validate import KeyProblem
 
 from .protocol.auth import Key
 from .protocol.wire import MAX_KEY_LEN
@@ -30,15 +31,14 @@ def load_key(path: str) -> tuple[Key, list[str]]:
     """
     state = read_key(path)
     if state.data is None:
-        problem = state.problem or "unreadable"
-        if problem == "missing":
+        if state.problem is KeyProblem.MISSING:
             raise KeyFileError(f"key file {path} does not exist")
-        if problem == "not a regular file":
+        if state.problem is KeyProblem.NOT_REGULAR:
             what = "a directory" if os.path.isdir(path) else "not a regular file"
             raise KeyFileError(f"key file {path} is {what}")
-        if "permission denied" in problem:
+        if state.problem is KeyProblem.DENIED:
             raise KeyFileError(f"key file {path} is not readable (permission denied)")
-        raise KeyFileError(f"key file {path} cannot be read: {problem}")
+        raise KeyFileError(f"key file {path} cannot be read: {state.reason}")
     if not state.data:
         raise KeyFileError(f"key file {path} is empty; every signed request would be rejected")
     warnings = []

@@ -17,6 +17,7 @@ from ccs import Code
 from ccs.limits import MAX_CONFIG_BYTES, MAX_NODES, MAX_NUMBER
 from ccs.parse import parse, whole_number
 from ccs.source import SourceError, read_config, read_key
+from ccs.validate import KeyProblem
 from tests.support.promptly import promptly
 from tests.unit.ccs.cases import REPO, line_of, nodes_conf
 from xvmd import checkconfig
@@ -204,7 +205,8 @@ def test_key_file_linked_to_dev_zero_is_not_read(tmp_path: Path) -> None:
     link = tmp_path / "host.key"
     os.symlink("/dev/zero", link)
     state = promptly(lambda: read_key(str(link)))
-    assert (state.data, state.problem) == (None, "not a regular file")
+    assert (state.data, state.problem) == (None, KeyProblem.NOT_REGULAR)
+    assert state.reason == "not a regular file"
 
 
 def test_key_file_reads_a_bounded_amount(tmp_path: Path) -> None:

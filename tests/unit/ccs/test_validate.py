@@ -7,7 +7,7 @@ import pytest
 from ccs import Cluster, Code, HostPlan, Issue, Severity
 from ccs.model import DeviceRef, frozen_attrs
 from ccs.parse import parse
-from ccs.validate import KeyState, NodeTarget, selected_devices, validate, vm_for
+from ccs.validate import KeyProblem, KeyState, NodeTarget, selected_devices, validate, vm_for
 from tests.unit.ccs.cases import CCS_DIR
 
 CONF = "/etc/cluster/cluster.conf"
@@ -194,10 +194,10 @@ def test_unknown_device_from_fence_xvmd_points_at_the_element() -> None:
 @pytest.mark.parametrize(
     ("state", "reason", "code"),
     [
-        (KeyState("/k", None, "missing"), "key file /k: missing", None),
-        (KeyState("/k", None, "not a regular file"), "key file /k: not a regular file", "u"),
+        (KeyState("/k", None, KeyProblem.MISSING), "key file /k: missing", None),
+        (KeyState("/k", None, KeyProblem.NOT_REGULAR), "key file /k: not a regular file", "u"),
         (
-            KeyState("/k", None, "unreadable: permission denied"),
+            KeyState("/k", None, KeyProblem.DENIED),
             "key file /k: unreadable: permission denied",
             "u",
         ),
