@@ -12,3 +12,5 @@ MAX_CONFIG_BYTES = 4 * 1024 * 1024
 MAX_NODES = 1024
 # Numbers (nodeid, votes, config_version, ...) are C ints in cman and corosync.
 MAX_NUMBER = 2**31 - 1
+# The stock client reads at most this many bytes of a key file and ignores the rest.
+MAX_KEY_LEN = 4096

@@ -16,9 +16,9 @@ import stat
 from collections.abc import Iterable
 
 from .issues import Code
-from .limits import MAX_CONFIG_BYTES
+from .limits import MAX_CONFIG_BYTES, MAX_KEY_LEN
 from .model import Cluster
-from .validate import MAX_KEY_LEN, KeyProblem, KeyState
+from .validate import KeyProblem, KeyState
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _KINDS = (

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 from .crosscheck import structure
 from .issues import Code, Issue
+from .limits import MAX_KEY_LEN
 from .model import Cluster, ClusterNode, DeviceRef, FenceDevice
 from .parse import MAX_DOMAIN_BYTES, parse_bool
 
-MAX_KEY_LEN = 4096
 # The canonical 8-4-4-4-12 UUID form, any case: the same test as the daemon's ``is_uuid``
 # (ccs may not import xvmd).
 _UUID_FORM = re.compile(

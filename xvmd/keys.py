@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import stat
 
+from ccs.limits import MAX_KEY_LEN
 from ccs.source import read_key
 from ccs.validate import KeyProblem
 
 from .protocol.auth import Key
-from .protocol.wire import MAX_KEY_LEN
 
 
 class KeyFileError(Exception):
