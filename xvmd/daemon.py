@@ -210,7 +210,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         if self.snapshot is None or self.settings.config is None:
-            loop.add_signal_handler(signal.SIGHUP, self._reload_key, service, audit)
+            loop.add_signal_handler(signal.SIGHUP, self._reload_key, service)
             return
 
         def apply(snap: Snapshot) -> None:
@@ -300,12 +300,12 @@ class Daemon:
         if service is not None:
             _log_stats(service, final=True)
 
-    def _reload_key(self, service: FenceService, audit: AuditLog | None) -> None:
+    def _reload_key(self, service: FenceService) -> None:
         """SIGHUP without cluster.conf: re-read the key file (a key rotation), as fence_xvmd did.
         A key that cannot be read is reported and the old one stays in force."""
         systemd.reloading()
-        if audit is not None:
-            audit.reopen()
+        if self._audit is not None:
+            self._audit.reopen()
         try:
             key, warnings = load_key(self.settings.key_file)
         except KeyFileError as exc:

@@ -97,7 +97,8 @@ class Reloader:
         self.failures = 0  # reloads that were rejected, timed out or crashed
         self.last_problem: str | None = None
         self.last_problem_epoch: float | None = None
-        self.machinery = "ok"  # or what broke the watch or the loop itself
+        self._lasting: str | None = None  # no watch thread, or the loop ended: until restart
+        self._watch_problem: str | None = None  # the last re-watch failed; the next may mend it
         self._apply = apply
         self._on_reload = on_reload  # e.g. reopen the audit trail on SIGHUP
         self._wake = asyncio.Event()
@@ -121,7 +122,8 @@ class Reloader:
         try:
             self._watcher.start()
         except Exception as exc:  # e.g. inotify instances exhausted: SIGHUP still works
-            self._broken(f"file watch not running ({exc}); reload with SIGHUP")
+            self._lasting = f"file watch not running ({exc}); reload with SIGHUP"
+            log.critical("live reload: %s", self._lasting)
         self._task = asyncio.create_task(self._run())
         self._task.add_done_callback(self._ended)
 
@@ -138,6 +140,11 @@ class Reloader:
         if self._task is not None:
             self._task.cancel()
 
+    @property
+    def machinery(self) -> str:
+        """ "ok", or what broke the watch or the reload loop itself."""
+        return self._lasting or self._watch_problem or "ok"
+
     def status(self) -> dict[str, Any]:
         return {
             "reloads": self.reloads,
@@ -147,15 +154,11 @@ class Reloader:
             "machinery": self.machinery,
         }
 
-    def _broken(self, what: str) -> None:
-        self.machinery = what
-        log.critical("live reload: %s", what)
-
     def _ended(self, task: asyncio.Task[None]) -> None:
         if self._stopping or task.cancelled():
             return
-        exc = task.exception()
-        self._broken(f"reload loop stopped: {exc!r}; restart xvmd to reload again")
+        self._lasting = f"reload loop stopped: {task.exception()!r}; restart xvmd to reload again"
+        log.critical("live reload: %s", self._lasting)
 
     def _problem(self, text: str) -> None:
         self.failures += 1
@@ -168,10 +171,12 @@ class Reloader:
         try:
             self._watcher.watch(self._watched(cluster))
         except Exception as exc:  # a directory that vanished, inotify limits
-            self._broken(f"cannot watch the configuration files ({exc}); reload with SIGHUP")
+            self._watch_problem = (
+                f"cannot watch the configuration files ({exc}); reload with SIGHUP"
+            )
+            log.critical("live reload: %s", self._watch_problem)
         else:
-            if self.machinery.startswith("cannot watch"):
-                self.machinery = "ok"
+            self._watch_problem = None
 
     async def _run(self) -> None:
         while True:
