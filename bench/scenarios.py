@@ -201,7 +201,7 @@ def _xvmd_drops(d: Daemon) -> dict[str, int] | None:
     if not isinstance(d, Xvmd):
         return None
     try:
-        from xvmd.control import query
+        from xvmd.daemon.control import query
 
         counters = query(str(d.control), timeout=5)["counters"]["dropped"]
         return {str(k): int(v) for k, v in counters.items()}

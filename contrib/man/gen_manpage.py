@@ -4,8 +4,8 @@
     python contrib/man/gen_manpage.py > xvmd.8
 
 Options, their metavars, choices, help texts and defaults come from ``build_parser()`` of
-``xvmd.cli`` (the daemon) and of every subcommand's module (check-config, status, audit, ...:
-found in ``xvmd.cli.main()``'s dispatch, so a new subcommand appears by itself); the exit codes
+``xvmd.cli.run`` (the daemon) and of every subcommand's module (check-config, status, audit, ...:
+named in ``xvmd.cli.SUBCOMMANDS``, so a new subcommand appears by itself); the exit codes
 come from those modules' docstrings and the default paths from the modules that define them.
 NAME, DESCRIPTION, SIGNALS, ENVIRONMENT, FILES, EXAMPLES and SEE ALSO are written here. The
 output is deterministic (no date), so the copy committed as docs/xvmd.8 can be checked against
@@ -60,7 +60,8 @@ def load() -> tuple[ModuleType, list[Command]]:
     if not str(Path(xvmd.__file__ or "").resolve()).startswith(str(REPO)):
         raise SystemExit(f"gen_manpage: imported xvmd from {xvmd.__file__}, not from {REPO}")
     cli = _import("xvmd.cli")
-    commands = [Command("xvmd", cli, cli.build_parser())]
+    daemon = _import(cli.DAEMON)
+    commands = [Command("xvmd", daemon, daemon.build_parser())]
     for name, module_name in subcommand_modules():
         module = _import(module_name)
         parser = module.build_parser()
@@ -69,44 +70,13 @@ def load() -> tuple[ModuleType, list[Command]]:
                 f"gen_manpage: {module_name} parser is {parser.prog!r}, not 'xvmd {name}'"
             )
         commands.append(Command(parser.prog, module, parser))
-    listed = tuple(getattr(cli, "SUBCOMMANDS", ()))
-    found = tuple(c.name.removeprefix("xvmd ") for c in commands[1:])
-    if listed and sorted(listed) != sorted(found):
-        raise SystemExit(
-            f"gen_manpage: xvmd.cli.SUBCOMMANDS {listed} but main() dispatches {found}"
-        )
     return xvmd, commands
 
 
 def subcommand_modules() -> list[tuple[str, str]]:
-    """(command, module) pairs, read from xvmd.cli.main()'s dispatch, in its order:
-    ``if args and args[0] == "NAME": from . import MODULE``."""
-    tree = ast.parse((REPO / "xvmd" / "cli.py").read_text(), "xvmd/cli.py")
-    main = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main"), None)
-    if main is None:
-        raise SystemExit("gen_manpage: no main() in xvmd/cli.py")
-    pairs = []
-    for node in ast.walk(main):
-        if not isinstance(node, ast.If):
-            continue
-        names = [
-            c.comparators[0].value
-            for c in ast.walk(node.test)
-            if isinstance(c, ast.Compare)
-            and isinstance(c.comparators[0], ast.Constant)
-            and isinstance(c.comparators[0].value, str)
-        ]
-        modules = [
-            alias.name
-            for stmt in node.body
-            if isinstance(stmt, ast.ImportFrom) and stmt.level == 1 and not stmt.module
-            for alias in stmt.names
-        ]
-        if len(names) == 1 and len(modules) == 1:
-            pairs.append((names[0], f"xvmd.{modules[0]}"))
-    if not pairs:
-        raise SystemExit("gen_manpage: found no subcommand dispatch in xvmd/cli.py main()")
-    return pairs
+    """(command, module) pairs from xvmd.cli.SUBCOMMANDS, in its order."""
+    cli = _import("xvmd.cli")
+    return list(cli.SUBCOMMANDS.items())
 
 
 # --- roff --------------------------------------------------------------------------------------
@@ -243,8 +213,8 @@ def exit_codes(module: ModuleType) -> list[tuple[str, str]]:
 
 
 def module_constant(relpath: str, name: str) -> object:
-    """A literal module-level constant, read without importing the module (xvmd.daemon pulls in
-    libraries the generator does not need)."""
+    """A literal module-level constant, read without importing the module (xvmd.daemon.daemon
+    pulls in libraries the generator does not need)."""
     tree = ast.parse((REPO / relpath).read_text(), relpath)
     for node in tree.body:
         targets = node.targets if isinstance(node, ast.Assign) else []
@@ -272,9 +242,9 @@ def tp(term: str, *body: str) -> list[str]:
 def render() -> str:
     xvmd, commands = load()
     ccs = _import("ccs")
-    settings = _import("xvmd.settings")
-    paths = _import("xvmd.paths")
-    drain = _seconds(module_constant("xvmd/daemon.py", "DRAIN_TIMEOUT"))
+    settings = _import("xvmd.daemon.settings")
+    paths = _import("xvmd.daemon.paths")
+    drain = _seconds(module_constant("xvmd/daemon/daemon.py", "DRAIN_TIMEOUT"))
     version = str(xvmd.__version__)
     conf = str(ccs.DEFAULT_CLUSTER_CONF)
     key = str(settings.DEFAULT_KEY_FILE)

@@ -57,7 +57,7 @@ from xvmd.protocol.auth import Key
 from xvmd.protocol.wire import REQUEST_SIZE, HashType, Op
 
 try:
-    from xvmd.limits import Limits
+    from xvmd.core.limits import Limits
 
     PER_CALLBACK = Limits().per_callback
 except ImportError:  # the code before the per-callback quota: the tests must still run there

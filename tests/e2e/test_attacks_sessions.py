@@ -47,12 +47,12 @@ from tests.support import pyclient
 from tests.support.harness import FENCE_VIRT, ClientResult, Netns, Xvmd, fence_xvm
 from tests.support.inside import closed_port, dropped, enter_netns, ns_socket, status
 from tests.support.lengthext import IV256, forge, md_pad, sha256_blocks
+from xvmd.daemon.settings import Settings
 from xvmd.protocol.auth import Key
 from xvmd.protocol.wire import CHALLENGE_SIZE, HashType, Op
-from xvmd.settings import Settings
 
 try:
-    from xvmd.limits import Limits
+    from xvmd.core.limits import Limits
 
     LIMITS: Any = Limits()
 except ImportError:  # the daemon before the separate quotas (kept runnable there, to compare)

@@ -28,7 +28,7 @@ LOGROTATE_SNIPPET = REPO / "contrib" / "logrotate" / "xvmd"
 CHILD = r"""
 import errno, json, os, sys
 sys.path.insert(0, sys.argv[1])
-from xvmd.audit import AuditLog
+from xvmd.daemon.audit import AuditLog
 
 mnt = sys.argv[2]
 short = []

@@ -43,10 +43,10 @@ from tests.e2e.conftest import XvmdFactory
 from tests.support import pyclient
 from tests.support.harness import FENCE_XVM, Netns, Xvmd, fence_xvm, run
 from tests.support.inside import closed_port, dropped, ns_socket, sockets_to, status, wait_until
-from xvmd.limits import Limits
+from xvmd.core.limits import Limits
+from xvmd.daemon.settings import Settings
 from xvmd.protocol.auth import Key
 from xvmd.protocol.wire import CHALLENGE_SIZE, HashType, Op
-from xvmd.settings import Settings
 
 pytestmark = pytest.mark.e2e
 

@@ -19,7 +19,7 @@ import pytest
 
 from tests.e2e.conftest import make_key
 from tests.support.harness import DOMAINS_XML, ClientResult, Netns, Xvmd, fence_xvm, run_xvmd_once
-from xvmd import paths
+from xvmd.daemon import paths
 
 pytestmark = pytest.mark.e2e
 

@@ -20,7 +20,7 @@ import pytest
 from tests.e2e.conftest import XvmdFactory
 from tests.support.harness import Netns, fence_xvm, run
 from tests.support.inside import status
-from xvmd.daemon import DRAIN_TIMEOUT
+from xvmd.daemon.daemon import DRAIN_TIMEOUT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.libvirtd]
 

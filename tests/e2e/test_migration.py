@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.harness import DOMAINS_XML, Netns, Xvmd, fence_xvm
-from xvmd.fvconf import convert, parse
+from xvmd.cli.fvconf import convert, parse
 
 pytestmark = pytest.mark.e2e
 

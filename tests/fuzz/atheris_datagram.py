@@ -39,13 +39,13 @@ import atheris
 with atheris.instrument_imports(include=["xvmd"]):
     from xvmd.backend import DomainInfo, DomainState
     from xvmd.backend.fake import FakeBackend
-    from xvmd.executor import BackendRunner
-    from xvmd.operations import Clock
-    from xvmd.policy import Policy
+    from xvmd.core.executor import BackendRunner
+    from xvmd.core.operations import Clock
+    from xvmd.core.policy import Policy
+    from xvmd.core.service import Auth, FenceService
     from xvmd.protocol.auth import check_datagram
     from xvmd.protocol.session import Phase, ServerSession
     from xvmd.protocol.wire import REQUEST_SIZE, HashType, MalformedRequest, Op, parse_request
-    from xvmd.service import Auth, FenceService
 
 from tests.fuzz import corpus
 from tests.unit import refvectors

@@ -33,15 +33,15 @@ from tests.fuzz import corpus
 from tests.fuzz.corpus import FIELDS, KEY, OTHER_KEY, fuzz_settings
 from xvmd.backend import DomainInfo, DomainState
 from xvmd.backend.fake import FakeBackend
-from xvmd.executor import BackendRunner
-from xvmd.limits import Limits
+from xvmd.core.executor import BackendRunner
+from xvmd.core.limits import Limits
+from xvmd.core.operations import Clock
+from xvmd.core.policy import Policy
+from xvmd.core.service import Auth, FenceService
 from xvmd.net import tcp
-from xvmd.operations import Clock
-from xvmd.policy import Policy
 from xvmd.protocol.history import CALLBACK_BACKOFF
 from xvmd.protocol.session import STREAM_REQUEST_TIMEOUT
 from xvmd.protocol.wire import CHALLENGE_SIZE, REQUEST_SIZE, HashType, Op
-from xvmd.service import Auth, FenceService
 
 VM = DomainInfo("vm-01", "00000000-0000-4000-8000-000000000001", DomainState.RUNNING)
 FORGED_REASONS = {"size", "hashtype", "weak-hash", "no-key", "bad-signature"}

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.support.harness import Netns, Xvmd
-from xvmd.control import query
+from xvmd.daemon.control import query
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)

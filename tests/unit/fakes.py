@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from xvmd.operations import Clock
+from xvmd.core.operations import Clock
 
 
 class ManualClock:

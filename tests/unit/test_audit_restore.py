@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from xvmd.audit import handled_power_actions
+from xvmd.daemon.audit import handled_power_actions
 
 
 def record(epoch: float, op: str, seqno: int, result: str = "success", target: str = "vm") -> str:

@@ -15,8 +15,8 @@ import pytest
 
 from tests.support.harness import REPO
 from tests.support.promptly import promptly
-from xvmd import auditcmd
-from xvmd.audit import AuditError, AuditLog, handled_power_actions
+from xvmd.cli import audit as audit_cmd
+from xvmd.daemon.audit import AuditError, AuditLog, handled_power_actions
 
 STATUS_KEYS = {
     "path",
@@ -171,7 +171,7 @@ def test_a_directory_and_a_socket_are_refused(tmp_path: Path) -> None:
 CHILD = r"""
 import errno, json, os, resource, signal, sys
 sys.path.insert(0, sys.argv[1])
-from xvmd.audit import AuditLog
+from xvmd.daemon.audit import AuditLog
 
 path, mode = sys.argv[2], sys.argv[3]
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a fatal signal
@@ -252,7 +252,7 @@ def test_xvmd_audit_reports_torn_lines_and_shows_the_rest(
         + '{"epoch":"soon"}\n'
         + '{"epoch":1700000005.0,"op":"on"'  # the crash left no newline
     )
-    assert auditcmd.main(["--file", str(trail), "--json"]) == 0
+    assert audit_cmd.main(["--file", str(trail), "--json"]) == 0
     out, err = capsys.readouterr()
     assert [json.loads(x)["seqno"] for x in out.splitlines()] == [1, 3]
     assert "3 unreadable lines skipped (torn records?) at lines 2, 4, 5" in err
@@ -301,6 +301,6 @@ def test_xvmd_audit_finds_an_instances_trail_by_the_daemons_naming_rule(
         log = AuditLog(str(tmp_path / other))
         log.write({"epoch": 1.0, "op": "status", "target": other}, durable=False)
         log.close()
-    assert auditcmd.main([*selector, "--json"]) == 0
+    assert audit_cmd.main([*selector, "--json"]) == 0
     shown = [json.loads(line)["target"] for line in capsys.readouterr().out.splitlines()]
     assert shown == [name]

@@ -90,7 +90,7 @@ def test_unsigned_vector_only_with_minimum_none(vec: UdpVector, ref_key: Key) ->
     req = parse_request(vec.raw)
     assert verify_request(req, HashType.NONE, []) is None
     # An unsigned request proves no key, whatever is loaded: the service picks the key that
-    # may answer its challenge, and the scope that goes with it (xvmd/intake.py).
+    # may answer its challenge, and the scope that goes with it (xvmd/core/intake.py).
     assert verify_request(req, HashType.NONE, [ref_key]) is None
     for minimum in (HashType.SHA1, HashType.SHA256, HashType.SHA512):
         with pytest.raises(Rejected) as info:

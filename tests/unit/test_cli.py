@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from xvmd import cli, paths, statuscmd
-from xvmd.keys import KeyFileError, load_key
-from xvmd.policy import Policy
-from xvmd.protocol.wire import HashType
-from xvmd.settings import (
+from xvmd.cli import run as cli
+from xvmd.cli import status as status_cmd
+from xvmd.core.policy import Policy
+from xvmd.daemon import paths
+from xvmd.daemon.keys import KeyFileError, load_key
+from xvmd.daemon.settings import (
     DEFAULT_IPV4_GROUP,
     DEFAULT_IPV6_GROUP,
     DEFAULT_TCP_ADDRESS,
@@ -28,13 +29,14 @@ from xvmd.settings import (
     SettingsError,
     parse_tcp,
 )
+from xvmd.protocol.wire import HashType
 
 LOCAL = ["--local", "--no-ccs"]
 
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
-    """cli.run configures the root logger; put pytest's handlers back afterwards."""
+    """The daemon front-end configures the root logger; put pytest's handlers back afterwards."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     noisy = {name: logging.getLogger(name).level for name in ("pyroute2", "asyncio")}
@@ -60,7 +62,7 @@ def no_serve(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Settings, list[objec
 
 def usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     with pytest.raises(SystemExit) as info:
-        cli.run(argv)
+        cli.main(argv)
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "usage:" in err
@@ -118,7 +120,7 @@ def test_valid_arguments_reach_the_daemon(
     key.write_bytes(b"secret\n")
     key.chmod(0o600)
     argv = [*LOCAL, "-k", str(key), "-p", "0x4cd", "-i", "ipv4", "--tcp", "[::1]:1300"]
-    assert cli.run(argv) == 0
+    assert cli.main(argv) == 0
     [(settings, keys)] = no_serve
     assert settings.port == 1229
     assert settings.family == "ipv4"
@@ -131,7 +133,7 @@ def test_no_key_needed_without_hash_and_auth(
     tmp_path: Path, no_serve: list[tuple[Settings, list[object]]]
 ) -> None:
     argv = [*LOCAL, "-k", str(tmp_path / "absent"), "--hash", "none", "--auth", "none"]
-    assert cli.run(argv) == 0
+    assert cli.main(argv) == 0
     [(settings, keys)] = no_serve
     assert keys == []
     assert not settings.needs_key
@@ -141,7 +143,7 @@ def test_no_key_needed_without_hash_and_auth(
 
 
 def key_error(path: Path, capsys: pytest.CaptureFixture[str]) -> str:
-    assert cli.run([*LOCAL, "-k", str(path)]) == 1
+    assert cli.main([*LOCAL, "-k", str(path)]) == 1
     err = capsys.readouterr().err
     assert str(path) in err
     return err
@@ -331,7 +333,7 @@ def test_the_daemon_gets_the_derived_paths(
     key = tmp_path / "key"
     key.write_bytes(b"secret")
     key.chmod(0o600)
-    assert cli.run([*LOCAL, "-k", str(key), "-p", "1300"]) == 0
+    assert cli.main([*LOCAL, "-k", str(key), "-p", "1300"]) == 0
     [(settings, _keys)] = no_serve
     assert settings.control == str(tmp_path / "xvmd-1300.sock")
 
@@ -365,7 +367,7 @@ def status_doc(**extra: object) -> dict[str, object]:
 
 def rendered(doc: dict[str, object]) -> list[str]:
     out = io.StringIO()
-    statuscmd.render(doc, out)
+    status_cmd.render(doc, out)
     return out.getvalue().splitlines()
 
 
@@ -451,7 +453,7 @@ def daemons(run_dir: Path) -> Iterator[Callable[[str, dict[str, object]], None]]
 
 
 def status(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = statuscmd.main(argv)
+    code = status_cmd.main(argv)
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -521,9 +523,9 @@ def test_status_prefers_the_default_daemon(
 def test_status_selectors_exclude_each_other(capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (["--instance", "a", "-p", "1230"], ["--control", "x", "--instance", "a"]):
         with pytest.raises(SystemExit) as info:
-            statuscmd.main(argv)
+            status_cmd.main(argv)
         assert info.value.code == 2
         assert "not allowed with" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        statuscmd.main(["--instance", "a/b"])
+        status_cmd.main(["--instance", "a/b"])
     assert "instance name" in capsys.readouterr().err

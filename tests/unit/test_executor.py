@@ -17,8 +17,8 @@ import pytest
 
 from xvmd.backend import DomainInfo, DomainState
 from xvmd.backend.fake import FakeBackend
-from xvmd.executor import POWER_BUDGET, QUERY_BUDGET, BackendRunner
-from xvmd.operations import Clock, Outcome
+from xvmd.core.executor import POWER_BUDGET, QUERY_BUDGET, BackendRunner
+from xvmd.core.operations import Clock, Outcome
 from xvmd.protocol.wire import HostRecord, Op, Result
 
 T = TypeVar("T")

@@ -6,7 +6,7 @@ import pytest
 
 from tests.support.harness import FIXTURES
 from xvmd import cli
-from xvmd.fvconf import FvConfError, convert, parse
+from xvmd.cli.fvconf import FvConfError, convert, parse
 
 FV = FIXTURES / "fence_virt"
 

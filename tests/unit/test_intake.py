@@ -1,4 +1,4 @@
-"""Intake: every no-I/O check before a connect-back, with an explicit clock (xvmd/intake.py).
+"""Intake: every no-I/O check before a connect-back, with an explicit clock (xvmd/core/intake.py).
 
 The packets are real: encoded by ``wire.encode_request`` and signed by ``auth.sign_request``,
 as the stock client does (fresh ``random`` bytes per copy, one seqno per run). The service's
@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 import ccs
-from xvmd.addresses import callback_problem, sender
-from xvmd.intake import KEPT, SETTLE, Drop, Intake, Proceed
-from xvmd.limits import Limits, Ticket
-from xvmd.policy import Policy
+from xvmd.core.addresses import callback_problem, sender
+from xvmd.core.intake import KEPT, SETTLE, Drop, Intake, Proceed
+from xvmd.core.limits import Limits, Ticket
+from xvmd.core.policy import Policy
 from xvmd.protocol.auth import Key, sign_request
 from xvmd.protocol.history import DUPLICATE_WINDOW
 from xvmd.protocol.wire import FenceRequest, HashType, Op, encode_request, parse_request

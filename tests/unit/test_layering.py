@@ -58,10 +58,10 @@ def rel(p: Path) -> str:
     "module",
     [
         *sorted(REPO.glob("xvmd/protocol/*.py")),
-        REPO / "xvmd/policy.py",
-        REPO / "xvmd/intake.py",
-        REPO / "xvmd/addresses.py",
-        REPO / "xvmd/limits.py",
+        REPO / "xvmd/core/policy.py",
+        REPO / "xvmd/core/intake.py",
+        REPO / "xvmd/core/addresses.py",
+        REPO / "xvmd/core/limits.py",
         *(
             REPO / f"ccs/{m}.py"
             for m in (

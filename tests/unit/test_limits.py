@@ -1,8 +1,8 @@
-"""Quota, Ticket and Throttle with an explicit clock (xvmd/limits.py)."""
+"""Quota, Ticket and Throttle with an explicit clock (xvmd/core/limits.py)."""
 
 from __future__ import annotations
 
-from xvmd.limits import Quota, Throttle, Ticket
+from xvmd.core.limits import Quota, Throttle, Ticket
 
 CB_A = ("192.0.2.1", 1229)
 CB_B = ("192.0.2.2", 1229)

@@ -11,7 +11,7 @@ import pytest
 from tests.unit.fakes import ManualClock
 from xvmd.backend import AmbiguousDomain, BackendError, DomainInfo, DomainNotFound, DomainState
 from xvmd.backend.fake import FakeBackend
-from xvmd.operations import CONFIRM_TIMEOUT, Clock, Outcome, host_records, perform, resolve
+from xvmd.core.operations import CONFIRM_TIMEOUT, Clock, Outcome, host_records, perform, resolve
 from xvmd.protocol.wire import HostRecord, Op, Result
 
 S = DomainState

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from xvmd import control, paths
+from xvmd.daemon import control, paths
 
 
 @pytest.fixture(autouse=True)

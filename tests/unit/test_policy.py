@@ -10,7 +10,7 @@ from __future__ import annotations
 from ccs.model import FenceDevice
 from ccs.validate import NodeTarget, ServedDevice
 from xvmd.backend import DomainInfo, DomainState
-from xvmd.policy import Mapped, Policy, Refused, Scope
+from xvmd.core.policy import Mapped, Policy, Refused, Scope
 from xvmd.protocol.auth import Key
 from xvmd.protocol.wire import HostRecord
 

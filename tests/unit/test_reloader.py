@@ -15,8 +15,8 @@ import pytest
 import ccs
 from ccs.watch import Watcher, hops
 from tests.support.harness import FIXTURES
-from xvmd import reloader
-from xvmd.reloader import Reloader, in_daemon_thread, quiet_period
+from xvmd.daemon import reloader
+from xvmd.daemon.reloader import Reloader, in_daemon_thread, quiet_period
 
 
 def test_debounce_waits_for_quiet_not_for_the_first_event() -> None:

@@ -10,13 +10,13 @@ from pathlib import Path
 from tests.support import pyclient
 from xvmd.backend import DomainInfo, DomainState
 from xvmd.backend.fake import FakeBackend
-from xvmd.executor import BackendRunner
-from xvmd.limits import Limits
-from xvmd.operations import Clock
-from xvmd.policy import Policy
+from xvmd.core.executor import BackendRunner
+from xvmd.core.limits import Limits
+from xvmd.core.operations import Clock
+from xvmd.core.policy import Policy
+from xvmd.core.service import Auth, FenceService
 from xvmd.protocol.auth import Key, sign_request
 from xvmd.protocol.wire import HashType, Op
-from xvmd.service import Auth, FenceService
 
 KEY = Key(os.urandom(64))
 VM = DomainInfo("vm", "00000000-0000-4000-8000-000000000001", DomainState.RUNNING)

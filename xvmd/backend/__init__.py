@@ -4,7 +4,8 @@ Rules:
 1. Implementations are synchronous and may block; the daemon calls them from worker threads only.
 2. Only ``backend/libvirt.py`` imports libvirt. Foreign exceptions become ``BackendError``s at the
    boundary, so everything above speaks one error language.
-3. Fencing semantics (what "off" means, how long to wait) live in ``xvmd.operations``, not here.
+3. Fencing semantics (what "off" means, how long to wait) live in ``xvmd.core.operations``,
+   not here.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 
-from . import (
+from xvmd.backend import (
     AmbiguousDomain,
     BackendError,
     BackendUnavailable,

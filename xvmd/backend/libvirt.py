@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import libvirt
 
-from . import (
+from xvmd.backend import (
     AmbiguousDomain,
     BackendError,
     BackendUnavailable,

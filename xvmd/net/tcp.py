@@ -14,7 +14,7 @@ import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from ..protocol.session import CONNECT_TIMEOUT, Phase, ServerSession
+from xvmd.protocol.session import CONNECT_TIMEOUT, Phase, ServerSession
 
 
 class CallbackFailed(Exception):

@@ -3,10 +3,10 @@
 Nothing in this package does I/O, reads the clock or draws randomness; see docs/architecture.md.
 """
 
-from .auth import Key, Rejected, sign_request, verify_request
-from .history import Admission, History
-from .session import Phase, ServerSession
-from .wire import (
+from xvmd.protocol.auth import Key, Rejected, sign_request, verify_request
+from xvmd.protocol.history import Admission, History
+from xvmd.protocol.session import Phase, ServerSession
+from xvmd.protocol.wire import (
     REQUEST_SIZE,
     FenceRequest,
     HashType,

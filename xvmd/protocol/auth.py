@@ -26,7 +26,14 @@ import hmac
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .wire import CHALLENGE_SIZE, HASH_OFFSET, HASH_SIZE, REQUEST_SIZE, FenceRequest, HashType
+from xvmd.protocol.wire import (
+    CHALLENGE_SIZE,
+    HASH_OFFSET,
+    HASH_SIZE,
+    REQUEST_SIZE,
+    FenceRequest,
+    HashType,
+)
 
 if TYPE_CHECKING:
     from hashlib import _Hash

@@ -26,8 +26,8 @@ import enum
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from .replay import Memory
-from .wire import FenceRequest, Op
+from xvmd.protocol.replay import Memory
+from xvmd.protocol.wire import FenceRequest, Op
 
 DUPLICATE_WINDOW = 10.0
 CALLBACK_BACKOFF = 1.0

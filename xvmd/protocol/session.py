@@ -26,8 +26,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 
-from .auth import Key
-from .wire import CHALLENGE_SIZE, HashType, HostRecord, Result, encode_hostlist
+from xvmd.protocol.auth import Key
+from xvmd.protocol.wire import CHALLENGE_SIZE, HashType, HostRecord, Result, encode_hostlist
 
 AUTH_STEP_TIMEOUT = 10.0
 """Seconds the daemon waits for each client message during authentication."""

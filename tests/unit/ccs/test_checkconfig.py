@@ -14,7 +14,7 @@ import pytest
 
 from ccs import Code
 from tests.unit.ccs.cases import CASES, REPO, Case, case_path, line_of
-from xvmd import checkconfig
+from xvmd.cli import check_config
 
 ISSUE_LINE = re.compile(
     r"^(?P<file>.+):(?P<line>\d+): (?P<sev>error|warning) (?P<code>[a-z-]+): .+$"
@@ -22,7 +22,7 @@ ISSUE_LINE = re.compile(
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    code = checkconfig.main(list(argv))
+    code = check_config.main(list(argv))
     out, err = capsys.readouterr()
     assert err == ""
     return code, out
@@ -346,7 +346,7 @@ def test_json_for_an_unparsable_file(staged: Path, capsys: pytest.CaptureFixture
 
 def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        checkconfig.main(["--no-such-option"])
+        check_config.main(["--no-such-option"])
     assert exc.value.code == 2
     assert "unrecognized arguments" in capsys.readouterr().err
 

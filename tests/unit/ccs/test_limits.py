@@ -20,7 +20,7 @@ from ccs.source import SourceError, read_config, read_key
 from ccs.validate import KeyProblem
 from tests.support.promptly import promptly
 from tests.unit.ccs.cases import REPO, line_of, nodes_conf
-from xvmd import checkconfig
+from xvmd.cli import check_config
 
 T = TypeVar("T")
 HUGE = "9" * 5000  # int() of this many digits raises ValueError (max_str_digits)
@@ -315,7 +315,7 @@ def _codes_printed(out: str) -> list[str]:
 
 
 def test_check_config_on_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert checkconfig.main(["-f", str(tmp_path)]) == 2
+    assert check_config.main(["-f", str(tmp_path)]) == 2
     assert _codes_printed(capsys.readouterr().out) == ["config-unreadable"]
 
 
@@ -325,7 +325,7 @@ def test_check_config_on_a_too_large_file(
     conf = tmp_path / "cluster.conf"
     with conf.open("wb") as fh:
         fh.truncate(MAX_CONFIG_BYTES + 1)
-    assert checkconfig.main(["-f", str(conf)]) == 2
+    assert check_config.main(["-f", str(conf)]) == 2
     out = capsys.readouterr().out
     assert _codes_printed(out) == ["config-too-large"]
     assert out.endswith(
@@ -337,7 +337,7 @@ def test_check_config_on_a_too_large_file(
 def test_check_config_on_too_many_nodes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     conf = tmp_path / "cluster.conf"
     conf.write_text(nodes_conf(MAX_NODES + 1))
-    assert checkconfig.main(["-f", str(conf)]) == 1
+    assert check_config.main(["-f", str(conf)]) == 1
     out = capsys.readouterr().out
     assert _codes_printed(out) == ["too-many-nodes"]
     assert out.endswith(f"{conf}: INVALID: 1 error, 0 warnings\n")
@@ -354,7 +354,7 @@ def test_check_config_reports_an_internal_error_in_one_line(
         raise RuntimeError("resolver exploded")
 
     monkeypatch.setattr(ccs.source, "resolve", broken)
-    assert checkconfig.main(["-f", str(conf)]) == 1
+    assert check_config.main(["-f", str(conf)]) == 1
     out, err = capsys.readouterr()
     assert out == ""
     assert err == (

@@ -13,7 +13,7 @@ import stat
 from collections.abc import Callable
 from typing import Any
 
-from .paths import DEFAULT_CONTROL, check_control_path
+from xvmd.daemon.paths import DEFAULT_CONTROL, check_control_path
 
 __all__ = ["DEFAULT_CONTROL", "ControlError", "NotRunning", "query", "serve"]
 

@@ -13,9 +13,9 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
-from . import paths
-from .cli import instance_name, port_number
-from .settings import DEFAULT_PORT
+from xvmd.cli.common import instance_name, port_number
+from xvmd.daemon import paths
+from xvmd.daemon.settings import DEFAULT_PORT
 
 _RELATIVE = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -17,24 +17,24 @@ from collections import Counter
 from typing import Any
 
 from ccs.load import Snapshot
-
-from . import __version__, control, statusdoc, systemd
-from .audit import ROTATED_SUFFIX, AuditError, AuditLog, handled_power_actions
-from .backend import Backend
-from .executor import BackendRunner
-from .keys import KeyFileError, load_key
-from .limits import Limits
-from .net import tcp, udp
-from .net.iface import InterfaceError, LinkWatcher, interface_index
-from .operations import Clock
-from .policy import Policy
-from .protocol.history import key_of
-from .protocol.wire import Op
-from .quorum import QuorumSource
-from .reloader import Reloader
-from .service import Auth, FenceService
-from .settings import Listener, Settings
-from .shutdown import CLOSE_TIMEOUT, close_within
+from xvmd import __version__
+from xvmd.backend import Backend
+from xvmd.core.executor import BackendRunner
+from xvmd.core.limits import Limits
+from xvmd.core.operations import Clock
+from xvmd.core.policy import Policy
+from xvmd.core.service import Auth, FenceService
+from xvmd.daemon import control, statusdoc, systemd
+from xvmd.daemon.audit import ROTATED_SUFFIX, AuditError, AuditLog, handled_power_actions
+from xvmd.daemon.keys import KeyFileError, load_key
+from xvmd.daemon.reloader import Reloader
+from xvmd.daemon.settings import Listener, Settings
+from xvmd.daemon.shutdown import CLOSE_TIMEOUT, close_within
+from xvmd.net import tcp, udp
+from xvmd.net.iface import InterfaceError, LinkWatcher, interface_index
+from xvmd.protocol.history import key_of
+from xvmd.protocol.wire import Op
+from xvmd.quorum import QuorumSource
 
 log = logging.getLogger("xvmd")
 

@@ -12,8 +12,7 @@ import stat
 from ccs.limits import MAX_KEY_LEN
 from ccs.source import read_key
 from ccs.validate import KeyProblem
-
-from .protocol.auth import Key
+from xvmd.protocol.auth import Key
 
 
 class KeyFileError(Exception):

@@ -1,4 +1,5 @@
-"""Command line: parse arguments, report errors plainly, hand over to the daemon.
+"""``xvmd`` itself: parse the daemon's options, load cluster.conf or the key, and run the
+daemon.
 
 Exit codes: 0 clean stop, 1 cannot start (key, interface, port, backend), 2 usage error.
 """
@@ -16,14 +17,13 @@ from dataclasses import replace
 import ccs
 import ccs.source
 from ccs.load import Snapshot
-
-from . import __version__, paths
-from . import log as xlog
-from .keys import KeyFileError, load_key
-from .policy import Policy
-from .protocol.auth import Key
-from .protocol.wire import HashType
-from .settings import (
+from xvmd import __version__
+from xvmd.cli.common import instance_name, port_number
+from xvmd.core.policy import Policy
+from xvmd.daemon import log as xlog
+from xvmd.daemon import paths
+from xvmd.daemon.keys import KeyFileError, load_key
+from xvmd.daemon.settings import (
     DEFAULT_KEY_FILE,
     DEFAULT_PORT,
     DEFAULT_URI,
@@ -31,28 +31,11 @@ from .settings import (
     SettingsError,
     parse_tcp,
 )
+from xvmd.protocol.auth import Key
+from xvmd.protocol.wire import HashType
 
 HASHES = ["none", "sha1", "sha256", "sha512"]
 FAMILIES = ["auto", "ipv4", "ipv6"]
-
-
-def port_number(text: str) -> int:
-    """argparse type of a UDP port (shared with ``xvmd status``)."""
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not in 1..65535")
-    return value
-
-
-def instance_name(text: str) -> str:
-    """argparse type of ``--instance`` (shared with ``xvmd status``)."""
-    problem = paths.instance_problem(text)
-    if problem is not None:
-        raise argparse.ArgumentTypeError(problem)
-    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,7 +242,7 @@ def _load_cluster_conf(path: str, devices: Sequence[str] | None) -> Snapshot | i
     return result.snapshot
 
 
-def run(argv: Sequence[str]) -> int:
+def main(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.no_ccs and (args.config or args.devices):
@@ -310,9 +293,9 @@ def run(argv: Sequence[str]) -> int:
 
 
 def _serve(settings: Settings, policy: Policy, snapshot: Snapshot | None) -> int:
-    from . import shutdown
-    from .backend.libvirt import LibvirtBackend  # libvirt loads only when the daemon runs
-    from .daemon import Daemon, StartupError, open_sockets
+    from xvmd.backend.libvirt import LibvirtBackend  # libvirt loads only when the daemon runs
+    from xvmd.daemon import shutdown
+    from xvmd.daemon.daemon import Daemon, StartupError, open_sockets
 
     # Before anything is bound: a path that cannot work must leave the port free.
     problem = paths.check_paths(settings.control, settings.audit)
@@ -324,7 +307,7 @@ def _serve(settings: Settings, policy: Policy, snapshot: Snapshot | None) -> int
         return _fail(str(exc))
     quorum = None
     if not settings.local:
-        from .quorum.corosync import CorosyncQuorum
+        from xvmd.quorum.corosync import CorosyncQuorum
 
         quorum = CorosyncQuorum()
     daemon = Daemon(settings, policy, LibvirtBackend(settings.uri), snapshot, quorum)
@@ -334,27 +317,3 @@ def _serve(settings: Settings, policy: Policy, snapshot: Snapshot | None) -> int
         return _fail(str(exc))
     # A wedged hypervisor call would keep the process alive at exit: leave without it.
     return shutdown.leave(rc)
-
-
-SUBCOMMANDS = ("check-config", "status", "audit", "import-fence-virt-conf")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] == "check-config":
-        from . import checkconfig
-
-        return checkconfig.main(args[1:])
-    if args and args[0] == "status":
-        from . import statuscmd
-
-        return statuscmd.main(args[1:])
-    if args and args[0] == "audit":
-        from . import auditcmd
-
-        return auditcmd.main(args[1:])
-    if args and args[0] == "import-fence-virt-conf":
-        from . import importcmd
-
-        return importcmd.main(args[1:])
-    return run(args)

@@ -27,8 +27,7 @@ import time
 from typing import Any, NoReturn
 
 from ccs.source import describe
-
-from .protocol.wire import Op
+from xvmd.protocol.wire import Op
 
 log = logging.getLogger("xvmd.audit")
 

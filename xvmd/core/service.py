@@ -3,9 +3,9 @@
 Rules:
 1. The reject path is cheap and silent per packet: size, one digest, parse, then a counter.
    What happens next without I/O (replays, quorum, requester, duplicates, quotas) is decided by
-   ``xvmd.intake``; operators see drops in rate-limited lines and a periodic summary.
+   ``xvmd.core.intake``; operators see drops in rate-limited lines and a periodic summary.
 2. Power actions are answered only after authentication, and the answer is what the backend
-   proved (see ``xvmd.operations``).
+   proved (see ``xvmd.core.operations``).
 3. Every request that reaches the TCP phase ends in exactly one log line: requester, op,
    target, result, milliseconds.
 """
@@ -20,17 +20,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .audit import AuditLog
-from .backend import BackendError
-from .executor import BackendRunner, Deadline
-from .intake import KEPT, Drop, Intake, Proceed
-from .limits import DEFAULT_LIMITS, Limits
-from .net import tcp
-from .policy import Gate, Policy, Refused, quorum_gate
-from .protocol.auth import Key, Rejected, check_datagram, verify_request
-from .protocol.history import History
-from .protocol.session import STREAM_REQUEST_TIMEOUT, ServerSession
-from .protocol.wire import (
+from xvmd.backend import BackendError
+from xvmd.core.executor import BackendRunner, Deadline
+from xvmd.core.intake import KEPT, Drop, Intake, Proceed
+from xvmd.core.limits import DEFAULT_LIMITS, Limits
+from xvmd.core.policy import Gate, Policy, Refused, quorum_gate
+from xvmd.core.records import Recorder, log_request
+from xvmd.daemon.audit import AuditLog
+from xvmd.net import tcp
+from xvmd.protocol.auth import Key, Rejected, check_datagram, verify_request
+from xvmd.protocol.history import History
+from xvmd.protocol.session import STREAM_REQUEST_TIMEOUT, ServerSession
+from xvmd.protocol.wire import (
     CHALLENGE_SIZE,
     REQUEST_SIZE,
     FenceRequest,
@@ -40,8 +41,7 @@ from .protocol.wire import (
     Result,
     parse_request,
 )
-from .quorum import QuorumStatus
-from .records import Recorder, log_request
+from xvmd.quorum import QuorumStatus
 
 log = logging.getLogger("xvmd")
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .backend import Backend, BackendError, BackendUnavailable, DomainInfo, DomainNotFound
-from .backend import DomainState as S
-from .protocol.wire import HostRecord, Op, Result
+from xvmd.backend import Backend, BackendError, BackendUnavailable, DomainInfo, DomainNotFound
+from xvmd.backend import DomainState as S
+from xvmd.protocol.wire import HostRecord, Op, Result
 
 CONFIRM_TIMEOUT = 15.0
 """Seconds to wait for a domain to reach the state an operation promised."""

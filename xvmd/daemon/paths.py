@@ -17,8 +17,7 @@ import re
 import stat
 
 from ccs.source import describe
-
-from .settings import DEFAULT_PORT
+from xvmd.daemon.settings import DEFAULT_PORT
 
 RUN_DIR = "/run/xvmd"  # control sockets (systemd's RuntimeDirectory=xvmd)
 STATE_DIR = "/var/lib/xvmd"  # audit trails (systemd's StateDirectory=xvmd)

@@ -18,10 +18,10 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from . import paths
-from .cli import instance_name, port_number
-from .control import ControlError, NotRunning, query
-from .settings import DEFAULT_PORT
+from xvmd.cli.common import instance_name, port_number
+from xvmd.daemon import paths
+from xvmd.daemon.control import ControlError, NotRunning, query
+from xvmd.daemon.settings import DEFAULT_PORT
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,8 +25,7 @@ import ccs.source
 from ccs.load import LoadResult, Snapshot
 from ccs.reload import Decision, Verdict, decide
 from ccs.watch import Watcher
-
-from . import systemd
+from xvmd.daemon import systemd
 
 log = logging.getLogger("xvmd.config")
 T = TypeVar("T")

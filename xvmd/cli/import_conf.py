@@ -11,7 +11,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from .fvconf import FvConfError, convert, parse
+from xvmd.cli.fvconf import FvConfError, convert, parse
 
 
 def build_parser() -> argparse.ArgumentParser:

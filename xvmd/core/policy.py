@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 
 from ccs.load import Snapshot
 from ccs.validate import NodeTarget, ServedDevice
-
-from .backend import DomainInfo, is_uuid
-from .protocol.auth import Key
-from .protocol.wire import HostRecord, Op
-from .quorum import QuorumStatus
+from xvmd.backend import DomainInfo, is_uuid
+from xvmd.protocol.auth import Key
+from xvmd.protocol.wire import HostRecord, Op
+from xvmd.quorum import QuorumStatus
 
 
 class Gate(enum.Enum):

@@ -17,10 +17,10 @@ import logging
 from collections.abc import Callable
 from typing import TypeVar
 
-from . import operations
-from .backend import Backend, BackendError, DomainInfo
-from .operations import Clock, Outcome
-from .protocol.wire import HostRecord, Op, Result
+from xvmd.backend import Backend, BackendError, DomainInfo
+from xvmd.core import operations
+from xvmd.core.operations import Clock, Outcome
+from xvmd.protocol.wire import HostRecord, Op, Result
 
 T = TypeVar("T")
 log = logging.getLogger("xvmd")

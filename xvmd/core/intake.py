@@ -33,14 +33,14 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-from .addresses import callback_problem, sender
-from .limits import Limits, Quota, Throttle, Ticket
-from .policy import Gate, Policy, Refused, quorum_gate
-from .protocol.auth import Key
-from .protocol.history import Admission, History, RequestKey, request_key
-from .protocol.replay import ReplayGuard, fingerprint
-from .protocol.wire import FenceRequest, HashType
-from .quorum import QuorumStatus
+from xvmd.core.addresses import callback_problem, sender
+from xvmd.core.limits import Limits, Quota, Throttle, Ticket
+from xvmd.core.policy import Gate, Policy, Refused, quorum_gate
+from xvmd.protocol.auth import Key
+from xvmd.protocol.history import Admission, History, RequestKey, request_key
+from xvmd.protocol.replay import ReplayGuard, fingerprint
+from xvmd.protocol.wire import FenceRequest, HashType
+from xvmd.quorum import QuorumStatus
 
 FLOOD_INTERVAL = 60.0
 """Seconds between two log lines about the same kind of drop from the same source."""

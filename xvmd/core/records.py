@@ -10,9 +10,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .audit import AuditLog, now_fields
-from .protocol.wire import FenceRequest, Op, Result
-from .quorum import QuorumStatus
+from xvmd.daemon.audit import AuditLog, now_fields
+from xvmd.protocol.wire import FenceRequest, Op, Result
+from xvmd.quorum import QuorumStatus
 
 reqlog = logging.getLogger("xvmd.request")
 

@@ -6,8 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from ccs.model import DEFAULT_KEY_FILE as DEFAULT_KEY_FILE  # one definition, ccs owns it
-
-from .protocol.wire import HashType
+from xvmd.protocol.wire import HashType
 
 DEFAULT_IPV4_GROUP = "225.0.0.12"
 DEFAULT_IPV6_GROUP = "ff05::3:1"

@@ -1,0 +1,1 @@
+"""The fencing core: policy, intake, the request pipeline, operations and the executor."""
