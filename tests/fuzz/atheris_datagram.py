@@ -42,7 +42,7 @@ with atheris.instrument_imports(include=["xvmd"]):
     from xvmd.core.executor import BackendRunner
     from xvmd.core.operations import Clock
     from xvmd.core.policy import Policy
-    from xvmd.core.service import Auth, FenceService
+    from xvmd.core.service import FenceService, Hashes
     from xvmd.protocol.auth import check_datagram
     from xvmd.protocol.session import Phase, ServerSession
     from xvmd.protocol.wire import REQUEST_SIZE, HashType, MalformedRequest, Op, parse_request
@@ -55,7 +55,7 @@ BACKEND = FakeBackend(
     [DomainInfo("vm-01", "00000000-0000-4000-8000-000000000001", DomainState.RUNNING)]
 )
 SERVICE = FenceService(
-    Auth(HashType.SHA256, HashType.SHA256),
+    Hashes(HashType.SHA256, HashType.SHA256),
     Policy.unrestricted(KEYS),
     BackendRunner(BACKEND, Clock(time.monotonic, time.sleep), workers=1),
     now=time.monotonic,

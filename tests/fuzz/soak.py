@@ -34,7 +34,7 @@ from xvmd.backend.fake import FakeBackend
 from xvmd.core.executor import BackendRunner
 from xvmd.core.operations import Clock
 from xvmd.core.policy import Policy
-from xvmd.core.service import Auth, FenceService
+from xvmd.core.service import FenceService, Hashes
 from xvmd.net import tcp
 from xvmd.protocol.auth import Key
 from xvmd.protocol.history import CALLBACK_BACKOFF
@@ -106,7 +106,7 @@ def _service(keys: list[Key]) -> tuple[FenceService, FakeBackend]:
     backend = FakeBackend([VM])
     runner = BackendRunner(backend, Clock(time.monotonic, time.sleep), workers=2)
     service = FenceService(
-        Auth(HashType.SHA256, HashType.SHA256),
+        Hashes(HashType.SHA256, HashType.SHA256),
         Policy.unrestricted(keys),
         runner,
         now=time.monotonic,

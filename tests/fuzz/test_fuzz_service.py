@@ -37,7 +37,7 @@ from xvmd.core.executor import BackendRunner
 from xvmd.core.limits import Limits
 from xvmd.core.operations import Clock
 from xvmd.core.policy import Policy
-from xvmd.core.service import Auth, FenceService
+from xvmd.core.service import FenceService, Hashes
 from xvmd.net import tcp
 from xvmd.protocol.history import CALLBACK_BACKOFF
 from xvmd.protocol.session import STREAM_REQUEST_TIMEOUT
@@ -51,7 +51,7 @@ def make_service(max_sessions: int = 64, **limits: int) -> tuple[FenceService, F
     backend = FakeBackend([VM])
     runner = BackendRunner(backend, Clock(time.monotonic, time.sleep), workers=2)
     service = FenceService(
-        Auth(HashType.SHA256, HashType.SHA256),
+        Hashes(HashType.SHA256, HashType.SHA256),
         Policy.unrestricted([KEY]),
         runner,
         limits=Limits(max_sessions=max_sessions, **limits),

@@ -14,7 +14,7 @@ from xvmd.core.executor import BackendRunner
 from xvmd.core.limits import Limits
 from xvmd.core.operations import Clock
 from xvmd.core.policy import Policy
-from xvmd.core.service import Auth, FenceService
+from xvmd.core.service import FenceService, Hashes
 from xvmd.protocol.auth import Key, sign_request
 from xvmd.protocol.wire import HashType, Op
 
@@ -25,7 +25,7 @@ VM = DomainInfo("vm", "00000000-0000-4000-8000-000000000001", DomainState.RUNNIN
 def make_service(max_sessions: int) -> FenceService:
     runner = BackendRunner(FakeBackend([VM]), Clock(time.monotonic, time.sleep), workers=4)
     return FenceService(
-        Auth(HashType.SHA256, HashType.SHA256),
+        Hashes(HashType.SHA256, HashType.SHA256),
         Policy.unrestricted([KEY]),
         runner,
         limits=Limits(max_sessions=max_sessions),

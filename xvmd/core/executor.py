@@ -44,7 +44,7 @@ def _log_late(op: Op, dom: DomainInfo, fut: asyncio.Future[Outcome]) -> None:
     )
 
 
-class Deadline(Exception):
+class OutOfTime(Exception):
     """The budget ran out before the backend answered."""
 
 
@@ -81,16 +81,16 @@ class BackendRunner:
             async with asyncio.timeout_at(deadline):
                 return await asyncio.shield(fut)
         except TimeoutError:
-            raise Deadline() from None
+            raise OutOfTime() from None
 
     async def hostlist(self, deadline: float) -> list[HostRecord]:
-        """Raises Deadline or BackendError."""
+        """Raises OutOfTime or BackendError."""
         return await self._run(deadline, operations.host_records, self.backend)
 
     async def check_connection(self, deadline: float) -> bool:
         try:
             return await self._run(deadline, self.backend.check_connection)
-        except Deadline:
+        except OutOfTime:
             return False
 
     async def fence(
@@ -122,7 +122,7 @@ class BackendRunner:
                 # action on the same domain.
                 return operations.perform(self.backend, op, dom, self._clock)
             return await self._fence_domain(op, dom, deadline)
-        except Deadline:
+        except OutOfTime:
             return Outcome(Result.FAIL, f"no answer from the hypervisor within {budget:g}s")
         except BackendError as exc:
             return Outcome(Result.FAIL, f"hypervisor error: {exc}")

@@ -66,7 +66,7 @@ def perform(
     answer comes within it plus the duration of the hypervisor calls themselves.
     Backend errors become FAIL outcomes with the reason in ``detail``.
     """
-    deadline = _Deadline(clock, clock.now() + confirm_timeout)
+    deadline = _ConfirmWindow(clock, clock.now() + confirm_timeout)
     try:
         match op:
             case Op.NULL:
@@ -101,7 +101,7 @@ def _status(dom: DomainInfo | None) -> Outcome:
 
 
 @dataclass(frozen=True, slots=True)
-class _Deadline:
+class _ConfirmWindow:
     clock: Clock
     at: float
 
@@ -113,7 +113,7 @@ def _wait_for(
     backend: Backend,
     dom: DomainInfo,
     done: Callable[[DomainInfo | None], bool],
-    deadline: _Deadline,
+    deadline: _ConfirmWindow,
 ) -> tuple[bool, DomainInfo | None]:
     while True:
         current = backend.state(dom.uuid)
@@ -132,7 +132,7 @@ def _is_running(info: DomainInfo | None) -> bool:
     return info is not None and info.state in _RUNNING
 
 
-def _power_off(backend: Backend, dom: DomainInfo, deadline: _Deadline) -> Outcome | None:
+def _power_off(backend: Backend, dom: DomainInfo, deadline: _ConfirmWindow) -> Outcome | None:
     """Destroy and confirm. None on success, else the failing Outcome."""
     try:
         backend.destroy(dom.uuid)
@@ -150,7 +150,7 @@ def _power_off(backend: Backend, dom: DomainInfo, deadline: _Deadline) -> Outcom
     return None
 
 
-def _off(backend: Backend, dom: DomainInfo | None, deadline: _Deadline) -> Outcome:
+def _off(backend: Backend, dom: DomainInfo | None, deadline: _ConfirmWindow) -> Outcome:
     if dom is None:
         return Outcome(Result.FAIL, "no such domain")
     if dom.state is S.SHUTOFF:
@@ -159,7 +159,7 @@ def _off(backend: Backend, dom: DomainInfo | None, deadline: _Deadline) -> Outco
     return failed or Outcome(Result.SUCCESS, f"powered off (was {dom.state.label})", dom)
 
 
-def _power_on(backend: Backend, dom: DomainInfo, deadline: _Deadline) -> Outcome:
+def _power_on(backend: Backend, dom: DomainInfo, deadline: _ConfirmWindow) -> Outcome:
     current = backend.state(dom.uuid)
     if _is_running(current):
         return Outcome(Result.SUCCESS, "already running", dom)
@@ -187,13 +187,13 @@ def _power_on(backend: Backend, dom: DomainInfo, deadline: _Deadline) -> Outcome
     return Outcome(Result.SUCCESS, "running", dom)
 
 
-def _on(backend: Backend, dom: DomainInfo | None, deadline: _Deadline) -> Outcome:
+def _on(backend: Backend, dom: DomainInfo | None, deadline: _ConfirmWindow) -> Outcome:
     if dom is None:
         return Outcome(Result.FAIL, "no such domain")
     return _power_on(backend, dom, deadline)
 
 
-def _reboot(backend: Backend, dom: DomainInfo | None, deadline: _Deadline) -> Outcome:
+def _reboot(backend: Backend, dom: DomainInfo | None, deadline: _ConfirmWindow) -> Outcome:
     if dom is None:
         return Outcome(Result.FAIL, "no such domain")
     if dom.state is S.SHUTOFF:

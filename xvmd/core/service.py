@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xvmd.backend import BackendError
-from xvmd.core.executor import BackendRunner, Deadline
+from xvmd.core.executor import BackendRunner, OutOfTime
 from xvmd.core.intake import KEPT, Drop, Intake, Proceed
 from xvmd.core.limits import DEFAULT_LIMITS, Limits
 from xvmd.core.policy import Gate, Policy, Refused, quorum_gate
@@ -58,15 +58,17 @@ class Stats:
 
 
 @dataclass(frozen=True, slots=True)
-class Auth:
-    hash: HashType
-    auth: HashType
+class Hashes:
+    """The configured hash of the multicast request (-c) and of the TCP challenge (-C)."""
+
+    request: HashType
+    challenge: HashType
 
 
 class FenceService:
     def __init__(
         self,
-        auth: Auth,
+        hashes: Hashes,
         policy: Policy,
         runner: BackendRunner,
         *,
@@ -76,12 +78,12 @@ class FenceService:
         quorum: Callable[[], QuorumStatus] | None = None,
         audit: AuditLog | None = None,
     ) -> None:
-        self.auth = auth
-        self._min_hash = int(auth.hash)  # a plain int: compared once per datagram
+        self.hashes = hashes
+        self._min_hash = int(hashes.request)  # a plain int: compared once per datagram
         # Swapped whole on reload; each request keeps the policy it started with.
         self.policy = policy
         self.runner = runner
-        self.intake = Intake(auth.auth, limits)
+        self.intake = Intake(hashes.challenge, limits)
         self.stats = Stats()
         self._now = now or asyncio.get_event_loop().time
         self._random = random_bytes
@@ -206,7 +208,7 @@ class FenceService:
                 return
             try:
                 req = parse_request(data)
-                key = verify_request(req, self.auth.hash, policy.keys)
+                key = verify_request(req, self.hashes.request, policy.keys)
             except (MalformedRequest, Rejected) as exc:
                 if exc.reason == "forged":
                     self._dropped(self.intake.forged(peer, self._now()), None, peer)
@@ -236,7 +238,9 @@ class FenceService:
         # Tagged, so that no daemon holding this key ever answers it back (reflection).
         nonce = self._random(CHALLENGE_SIZE // 2)
         challenge = key.tagged_challenge(nonce) if key is not None else nonce * 2
-        session = ServerSession(auth=self.auth.auth, key=key, challenge=challenge, now=self._now())
+        session = ServerSession(
+            auth=self.hashes.challenge, key=key, challenge=challenge, now=self._now()
+        )
         if await channel.authenticate(session):
             return session
         await channel.finish(session, WRITE_TIMEOUT)
@@ -315,7 +319,7 @@ class FenceService:
         if req.op is Op.HOSTLIST:
             try:
                 records = await self.runner.hostlist(deadline)
-            except Deadline:
+            except OutOfTime:
                 session.send_result(Result.FAIL)
                 return Result.FAIL, "no answer from the hypervisor in time", ""
             except BackendError as exc:

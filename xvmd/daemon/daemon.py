@@ -23,12 +23,12 @@ from xvmd.core.executor import BackendRunner
 from xvmd.core.limits import Limits
 from xvmd.core.operations import Clock
 from xvmd.core.policy import Policy
-from xvmd.core.service import Auth, FenceService
+from xvmd.core.service import FenceService, Hashes
 from xvmd.daemon import control, statusdoc, systemd
 from xvmd.daemon.audit import ROTATED_SUFFIX, AuditError, AuditLog, handled_power_actions
 from xvmd.daemon.keys import KeyFileError, load_key
 from xvmd.daemon.reloader import Reloader
-from xvmd.daemon.settings import Listener, Settings
+from xvmd.daemon.settings import ListenAddress, Settings
 from xvmd.daemon.shutdown import CLOSE_TIMEOUT, close_within
 from xvmd.net import tcp, udp
 from xvmd.net.iface import InterfaceError, LinkWatcher, interface_index
@@ -62,7 +62,7 @@ def _bind_error(what: str, exc: OSError) -> StartupError:
     return StartupError(f"{what}: {exc.strerror or exc}")
 
 
-def open_sockets(settings: Settings) -> list[tuple[Listener, socket.socket]]:
+def open_sockets(settings: Settings) -> list[tuple[ListenAddress, socket.socket]]:
     """Bind every multicast listener. Raises StartupError."""
     try:
         ifindex = interface_index(settings.interface) if settings.interface else 0
@@ -70,7 +70,7 @@ def open_sockets(settings: Settings) -> list[tuple[Listener, socket.socket]]:
         raise StartupError(str(exc)) from None
     required, optional = settings.listeners()
     where = f" on {settings.interface}" if settings.interface else ""
-    opened: list[tuple[Listener, socket.socket]] = []
+    opened: list[tuple[ListenAddress, socket.socket]] = []
     try:
         for lst in required + optional:
             what = f"UDP {lst.group} port {lst.port}{where}"
@@ -106,10 +106,10 @@ class Daemon:
         self.backend_up = False
         self.where: list[str] = []
         self._stop = asyncio.Event()
-        self._transports: list[udp.Listener] = []
+        self._transports: list[udp.DatagramEndpoint] = []
         self._servers: list[asyncio.Server] = []
         self._service: FenceService | None = None
-        self._sockets: list[tuple[Listener, socket.socket]] = []
+        self._sockets: list[tuple[ListenAddress, socket.socket]] = []
         self._links: LinkWatcher | None = None
         self._reloader: Reloader | None = None
         self._audit: AuditLog | None = None
@@ -142,7 +142,7 @@ class Daemon:
                 log.info("rejoined multicast group %s on %s (index %d)", lst.group, name, index)
 
     async def _listen(
-        self, sockets: list[tuple[Listener, socket.socket]], service: FenceService
+        self, sockets: list[tuple[ListenAddress, socket.socket]], service: FenceService
     ) -> None:
         self._sockets = sockets
         for lst, sock in sockets:
@@ -161,7 +161,7 @@ class Daemon:
             except control.ControlError as exc:
                 raise StartupError(str(exc)) from None
 
-    async def run(self, sockets: list[tuple[Listener, socket.socket]]) -> int:
+    async def run(self, sockets: list[tuple[ListenAddress, socket.socket]]) -> int:
         """Serve until SIGTERM/SIGINT; the same ordered shutdown after a start-up error."""
         loop = asyncio.get_running_loop()
         clock = Clock(now=time.monotonic, sleep=time.sleep)
@@ -192,7 +192,7 @@ class Daemon:
             except AuditError as exc:
                 raise StartupError(str(exc)) from None
         service = self._service = FenceService(
-            Auth(self.settings.hash, self.settings.auth),
+            Hashes(self.settings.hash, self.settings.auth),
             self.policy,
             runner,
             limits=Limits(max_sessions=self.settings.max_sessions),
@@ -228,7 +228,7 @@ class Daemon:
 
     async def _start(
         self,
-        sockets: list[tuple[Listener, socket.socket]],
+        sockets: list[tuple[ListenAddress, socket.socket]],
         service: FenceService,
         runner: BackendRunner,
     ) -> None:
@@ -270,7 +270,7 @@ class Daemon:
             )
 
     async def _shutdown(
-        self, sockets: list[tuple[Listener, socket.socket]], runner: BackendRunner
+        self, sockets: list[tuple[ListenAddress, socket.socket]], runner: BackendRunner
     ) -> None:
         """In order: take no new requests; let those in flight finish, with quorum still
         followed (a power action mid-handshake is carried out and answered); only then let go

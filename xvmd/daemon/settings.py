@@ -20,7 +20,7 @@ class SettingsError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class Listener:
+class ListenAddress:
     group: str
     port: int
 
@@ -59,7 +59,7 @@ class Settings:
     def needs_key(self) -> bool:
         return self.hash is not HashType.NONE or self.auth is not HashType.NONE
 
-    def listeners(self) -> tuple[list[Listener], list[Listener]]:
+    def listeners(self) -> tuple[list[ListenAddress], list[ListenAddress]]:
         """(required, optional) multicast listeners.
 
         With ``-i auto`` and no ``-a`` the daemon serves both default groups; the IPv6 one is
@@ -70,11 +70,11 @@ class Settings:
         """
         if self.address is None:
             if self.family == "ipv4":
-                return [Listener(DEFAULT_IPV4_GROUP, self.port)], []
+                return [ListenAddress(DEFAULT_IPV4_GROUP, self.port)], []
             if self.family == "ipv6":
-                return [Listener(DEFAULT_IPV6_GROUP, self.port)], []
-            return [Listener(DEFAULT_IPV4_GROUP, self.port)], [
-                Listener(DEFAULT_IPV6_GROUP, self.port)
+                return [ListenAddress(DEFAULT_IPV6_GROUP, self.port)], []
+            return [ListenAddress(DEFAULT_IPV4_GROUP, self.port)], [
+                ListenAddress(DEFAULT_IPV6_GROUP, self.port)
             ]
         try:
             ip = ipaddress.ip_address(self.address)
@@ -87,7 +87,7 @@ class Settings:
         wanted = {"ipv4": 4, "ipv6": 6}.get(self.family)
         if wanted is not None and ip.version != wanted:
             raise SettingsError(f"{self.address} is not an {self.family} address")
-        return [Listener(str(ip), self.port)], []
+        return [ListenAddress(str(ip), self.port)], []
 
 
 def parse_tcp(text: str, default_port: int) -> tuple[str, int]:

@@ -57,7 +57,7 @@ BATCH = 256
 """Datagrams read per wake-up: a flood costs one event-loop iteration per batch, not per packet."""
 
 
-class Listener:
+class DatagramEndpoint:
     """Reads a UDP socket from the event loop, draining up to BATCH datagrams per wake-up.
 
     asyncio's datagram transport reads one datagram per loop iteration; under a flood of
@@ -87,8 +87,8 @@ class Listener:
         self._sock.close()
 
 
-async def listen(sock: socket.socket, handler: DatagramHandler) -> Listener:
-    return Listener(sock, handler)
+async def listen(sock: socket.socket, handler: DatagramHandler) -> DatagramEndpoint:
+    return DatagramEndpoint(sock, handler)
 
 
 def join(sock: socket.socket, group: str, ifindex: int) -> bool:
