@@ -96,7 +96,7 @@ class HostPlan:
     requesters: Mapping[str, str] | None = None
 
 
-def vm_for(node: ClusterNode, ref: DeviceRef, device: FenceDevice | None) -> str:
+def vm_for(node: ClusterNode, ref: DeviceRef) -> str:
     """The VM a ``<device>`` entry fences: ``domain=``, else a non-numeric ``port=``, else the
     node's name (what fenced and Pacemaker pass as the plug when none is configured)."""
     attrs = ref.attrs
@@ -183,7 +183,7 @@ def _targets(
     for node, refs in uses.get(device.name, []):
         for ref in refs:
             out.extend(_ref_issues(node, ref, f))
-        vm = vm_for(node, refs[0], device)
+        vm = vm_for(node, refs[0])
         if len(vm.encode()) > MAX_DOMAIN_BYTES and vm == node.name:
             out.append(
                 Issue(

@@ -3,7 +3,7 @@ what it installs run on Debian's own /usr/bin/python3 with Debian's python3-* mo
 virtualenv). Also: the committed manual page docs/xvmd.8 is what gen_manpage.py makes now.
 
 Debian's modules come from apt (python3-lxml python3-libvirt python3-pyroute2
-python3-cryptography python3-watchdog); without them the tests that run packaged code skip, or
+python3-watchdog); without them the tests that run packaged code skip, or
 fail under XVMD_STRICT=1.
 """
 
@@ -40,7 +40,6 @@ APT_PACKAGES = (
     "python3-lxml",
     "python3-libvirt",
     "python3-pyroute2",
-    "python3-cryptography",
     "python3-watchdog",
 )
 SITE = "usr/lib/python3/dist-packages"
@@ -50,7 +49,6 @@ DEPENDS = {
     "python3-lxml",
     "python3-libvirt",
     "python3-pyroute2",
-    "python3-cryptography",
     "python3-watchdog",
 }
 RECOMMENDS = {"libquorum5", "libvotequorum8", "libcmap4", "libcfg7", "fence-virt"}

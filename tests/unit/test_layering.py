@@ -73,6 +73,7 @@ def rel(p: Path) -> str:
                 "validate",
                 "crosscheck",
                 "reload",
+                "document",
             )
         ),
     ],
@@ -106,3 +107,19 @@ def test_ccs_never_imports_xvmd() -> None:
     for path in REPO.glob("ccs/**/*.py"):
         tree = ast.parse(path.read_text())
         assert not any(isinstance(n, ast.ImportFrom) and n.level > 1 for n in ast.walk(tree))
+
+
+# pyproject name -> import name, for the dependencies whose names differ
+IMPORT_NAME = {"libvirt-python": "libvirt"}
+
+
+def test_every_runtime_dependency_is_used() -> None:
+    """A dependency earns its place by being imported; the Debian package mirrors the list."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    names = [re.split(r"[<>=!~ ]", d, maxsplit=1)[0] for d in project["dependencies"]]
+    used = set().union(*(top(imports(p)) for p in SOURCES))
+    unused = {n for n in names if IMPORT_NAME.get(n, n) not in used}
+    assert not unused, f"declared in pyproject.toml but imported nowhere: {unused}"

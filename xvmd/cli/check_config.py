@@ -14,6 +14,7 @@ from typing import TextIO
 
 import ccs
 import ccs.source
+from ccs import document
 from ccs.issues import Severity
 from ccs.load import LoadResult
 
@@ -74,28 +75,8 @@ def as_json(result: LoadResult, path: str) -> dict[str, object]:
             "expected_votes": cl.cman.expected_votes,
         }
     if result.plan is not None and cl is not None:
-        out["served"] = [
-            {
-                "device": sd.name,
-                "agent": sd.device.agent,
-                "key_file": cl.key_path(sd.device),
-                "key_bytes": len(sd.key),
-                "nodes": [
-                    {
-                        "node": t.node,
-                        "nodeid": t.nodeid,
-                        "names": list(t.names),
-                        "domain": t.domain,
-                        "use_uuid": t.use_uuid,
-                    }
-                    for t in sd.nodes
-                ],
-            }
-            for sd in result.plan.devices
-        ]
-        out["not_served"] = [
-            {"device": n.device, "reason": n.reason} for n in result.plan.not_served
-        ]
+        out["served"] = document.served(cl, result.plan)
+        out["not_served"] = document.not_served(result.plan)
     return out
 
 

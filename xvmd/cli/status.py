@@ -139,7 +139,7 @@ def render(doc: dict[str, Any], out: TextIO) -> None:
             file=out,
         )
         for dev in cfg.get("devices", []):
-            print(f"  device {dev['name']} (key {dev['key_file']}):", file=out)
+            print(f"  device {dev['device']} (key {dev['key_file']}):", file=out)
             for n in dev.get("nodes", []):
                 print(f"    {n['node']} -> {n['domain']}", file=out)
         for ns in cfg.get("not_served", []):

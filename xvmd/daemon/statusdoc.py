@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ccs import document
 from ccs.load import Snapshot
 
 log = logging.getLogger("xvmd")
@@ -19,18 +20,8 @@ def config(snap: Snapshot, reloads: int) -> dict[str, Any]:
         "cluster": cl.name,
         "config_version": cl.config_version,
         "reloads": reloads,
-        "devices": [
-            {
-                "name": sd.name,
-                "key_file": cl.key_path(sd.device),
-                "nodes": [
-                    {"node": t.node, "nodeid": t.nodeid, "names": list(t.names), "domain": t.domain}
-                    for t in sd.nodes
-                ],
-            }
-            for sd in snap.plan.devices
-        ],
-        "not_served": [{"device": n.device, "reason": n.reason} for n in snap.plan.not_served],
+        "devices": document.served(cl, snap.plan),
+        "not_served": document.not_served(snap.plan),
     }
 
 

@@ -39,10 +39,6 @@ def stopping(status: str = "stopping: draining requests in flight") -> bool:
     return notify("STOPPING=1", f"STATUS={status}")
 
 
-def status(text: str) -> bool:
-    return notify(f"STATUS={text}")
-
-
 def watchdog_interval() -> float | None:
     """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC), or None when not wanted."""
     usec = os.environ.get("WATCHDOG_USEC")

@@ -357,7 +357,7 @@ def test_use_uuid_on_the_device_entry_overrides_the_fencedevice() -> None:
 def test_vm_for(attrs: dict[str, str], vm: str) -> None:
     cl = _cluster(_nodes_xml(_node("node-a", 1)))
     ref = DeviceRef("x", frozen_attrs(attrs), 1)
-    assert vm_for(cl.nodes[0], ref, None) == vm
+    assert vm_for(cl.nodes[0], ref) == vm
 
 
 def test_node_fenced_through_two_devices_appears_under_both() -> None:
