@@ -3,7 +3,8 @@
 Run inside corosync's network and mount namespaces (tests/e2e/test_corosync.py does so with
 ``nsenter``): ``python -m tests.support.corosync_probe [--retry-max S]``. Each line is the
 ``QuorumStatus`` as a dict plus ``t`` (``time.monotonic()``, comparable with the test's clock)
-and ``connects``; a line with ``"event": "started"`` follows ``start()``. SIGTERM stops it.
+and ``connects``; a line with ``"event": "started"`` follows ``start()``, then one line per
+change of ``current()`` (polled every 10 ms, as the daemon reads it per request). SIGTERM stops it.
 Log lines go to stderr.
 """
 
@@ -11,15 +12,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 from xvmd.quorum import QuorumStatus
-from xvmd.quorum.corosync import CorosyncQuorum
+from xvmd.quorum.source import CorosyncQuorum
 
 
 async def run(retry_initial: float, retry_max: float) -> None:
@@ -33,11 +36,26 @@ async def run(retry_initial: float, retry_max: float) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, done.set)
-    quorum.subscribe(emit)
     await quorum.start()
     emit(quorum.current(), event="started")
+    follower = asyncio.create_task(follow(quorum, emit))
     await done.wait()
+    follower.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await follower
     await quorum.stop()
+    emit(quorum.current())
+
+
+async def follow(quorum: CorosyncQuorum, emit: Callable[[QuorumStatus], None]) -> None:
+    """Emit each new status, read as the daemon reads it: ``current()`` (every 10 ms)."""
+    last = quorum.current()
+    while True:
+        await asyncio.sleep(0.01)
+        status = quorum.current()
+        if status is not last:  # a change is a new QuorumStatus
+            emit(status)
+            last = status
 
 
 def main() -> None:

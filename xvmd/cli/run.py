@@ -307,7 +307,7 @@ def _serve(settings: Settings, policy: Policy, snapshot: Snapshot | None) -> int
         return _fail(str(exc))
     quorum = None
     if not settings.local:
-        from xvmd.quorum.corosync import CorosyncQuorum
+        from xvmd.quorum.source import CorosyncQuorum
 
         quorum = CorosyncQuorum()
     daemon = Daemon(settings, policy, LibvirtBackend(settings.uri), snapshot, quorum)

@@ -1,16 +1,19 @@
 """This host's view of its corosync cluster: quorum and membership, event driven.
 
 Rules:
-1. ``QuorumStatus`` is a frozen value; a source publishes a new one on every change and the
-   daemon reads ``current()`` on every request (no caching beyond the latest callback).
+1. ``QuorumStatus`` is a frozen value; a source replaces it on every change and the daemon
+   reads ``current()`` on every request (nothing else keeps a copy).
 2. Anything short of "connected to corosync, quorum provider present (QUORUM_SET), partition
    quorate" is not quorate, and ``reason`` says which, in words an operator can act on.
-3. Only ``quorum/corosync.py`` loads the corosync libraries.
+3. Only ``quorum/binding.py`` loads the corosync libraries (ctypes).
+
+Layout: ``corotypes`` (corosync's constants, errors and values) and ``status`` (the status and
+its log lines) are pure; ``binding`` is the ``CorosyncLibrary`` seam and its ctypes side;
+``details`` reads the helper services; ``source`` is ``CorosyncQuorum``, the event-driven source.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -45,15 +48,14 @@ class QuorumStatus:
 
 NOT_CONNECTED = QuorumStatus(False, False, "not connected to corosync yet")
 
-Listener = Callable[[QuorumStatus], None]
-
 
 class QuorumSource(Protocol):
-    """Publishes QuorumStatus changes. ``start``/``stop`` run on the daemon's event loop."""
+    """Follows the cluster; ``current()`` is the latest status (the daemon reads it per request).
+
+    ``start``/``stop`` run on the daemon's event loop; neither blocks it nor raises.
+    """
 
     def current(self) -> QuorumStatus: ...
-
-    def subscribe(self, listener: Listener) -> None: ...
 
     async def start(self) -> None: ...
 

@@ -11,15 +11,16 @@ import itertools
 import socket
 from dataclasses import dataclass, field
 
-from xvmd.quorum.corosync import (
+from xvmd.quorum.binding import NotifyFn
+from xvmd.quorum.corotypes import (
     CS_ERR_LIBRARY,
     CS_ERR_NOT_EXIST,
+    CS_ERR_TRY_AGAIN,
     CS_TRACK_CHANGES,
     CS_TRACK_CURRENT,
     QUORUM_SET,
     CmapValue,
     CorosyncError,
-    NotifyFn,
     VoteInfo,
 )
 
@@ -59,6 +60,7 @@ class FakeCorosync:
         self.addrs = {1: ("10.0.0.1",), 2: ("10.0.0.2",), 3: ("10.0.0.3",)}
         self.fail: dict[str, int] = {}  # call name -> cs_error to raise (until removed)
         self.fail_once: dict[str, int] = {}  # call name -> cs_error to raise the next time
+        self.busy: dict[str, int] = {}  # call name -> how many more times to say TRY_AGAIN
         self.calls: list[str] = []
         self.conns: dict[int, _Conn] = {}
         self.helpers: dict[int, str] = {}  # open helper handles -> service
@@ -108,6 +110,9 @@ class FakeCorosync:
             raise CorosyncError(call, self.fail_once.pop(call))
         if call in self.fail:
             raise CorosyncError(call, self.fail[call])
+        if self.busy.get(call, 0) > 0:
+            self.busy[call] -= 1
+            raise CorosyncError(call, CS_ERR_TRY_AGAIN)
 
     def _queue(self, conn: _Conn) -> None:
         conn.pending.append((self.quorate, self.ring_seq, self.view))

@@ -1,4 +1,4 @@
-"""The pure parts of xvmd/quorum/corosync.py: no corosync needed."""
+"""The pure parts of xvmd/quorum (corotypes, status) and the binding's shape: no corosync needed."""
 
 from __future__ import annotations
 
@@ -6,39 +6,52 @@ import ctypes
 import logging
 import socket
 import struct
+import time
 
 import pytest
 
 from xvmd.quorum import Member, QuorumStatus
-from xvmd.quorum import corosync as cs
-from xvmd.quorum.corosync import (
+from xvmd.quorum import binding as cb
+from xvmd.quorum.corotypes import (
+    AF_INET,
+    AF_INET6,
     CMAP_BINARY,
     CMAP_DOUBLE,
     CMAP_INT64,
     CMAP_STRING,
     CMAP_UINT8,
     CMAP_UINT32,
+    CS_ERR_ACCESS,
+    CS_ERR_LIBRARY,
+    CS_ERR_NOT_EXIST,
+    CS_ERR_QUEUE_FULL,
+    CS_ERR_TRY_AGAIN,
+    CS_OK,
     QUORUM_FREE,
     QUORUM_SET,
+    ClusterConfig,
+    CmapValue,
+    CorosyncError,
+    NodeConfig,
+    VoteInfo,
+    cs_error_name,
+    decode_cmap_value,
+    parse_nodelist,
+    sockaddr_address,
+    vote_flag_words,
+)
+from xvmd.quorum.status import (
     REASON_LOST,
     REASON_NO_LIBRARIES,
     REASON_QUORUM_FREE,
     REASON_STOPPED,
     Backoff,
-    ClusterConfig,
-    NodeConfig,
     Observation,
-    VoteInfo,
     build_status,
     connect_failure_reason,
-    cs_error_name,
-    decode_cmap_value,
     disconnected_status,
-    parse_nodelist,
     same_status,
-    sockaddr_address,
     transition_message,
-    vote_flag_words,
 )
 
 # --- cmap values and the nodelist -------------------------------------------------------------
@@ -66,7 +79,7 @@ def test_decode_cmap_value_too_short() -> None:
 
 
 def test_parse_nodelist_orders_by_position_and_links() -> None:
-    values: dict[str, cs.CmapValue] = {
+    values: dict[str, CmapValue] = {
         "nodelist.local_node_pos": 1,
         "nodelist.node.1.ring1_addr": "192.168.1.2",
         "nodelist.node.1.ring0_addr": "10.0.0.2",
@@ -118,16 +131,40 @@ def test_sockaddr_address() -> None:
     assert sockaddr_address(b"\x02") is None
 
 
+def test_address_families_are_the_platform_ones() -> None:
+    assert (AF_INET, AF_INET6) == (socket.AF_INET, socket.AF_INET6)
+
+
+# --- the binding --------------------------------------------------------------------------------
+
+
 def test_ctypes_structs_match_the_c_layout() -> None:
-    assert ctypes.sizeof(cs._VotequorumInfo) == 292
-    assert ctypes.sizeof(cs._CfgNodeAddress) == 32
-    assert ctypes.sizeof(cs._QuorumCallbacks) == ctypes.sizeof(ctypes.c_void_p)
-    assert ctypes.sizeof(cs._VotequorumCallbacks) == 3 * ctypes.sizeof(ctypes.c_void_p)
+    assert ctypes.sizeof(cb.VotequorumInfo) == 292
+    assert ctypes.sizeof(cb.CfgNodeAddress) == 32
+    assert ctypes.sizeof(cb.QuorumCallbacks) == ctypes.sizeof(ctypes.c_void_p)
+    assert ctypes.sizeof(cb.VotequorumCallbacks) == 3 * ctypes.sizeof(ctypes.c_void_p)
 
 
 def test_missing_libraries_raise_oserror() -> None:
     with pytest.raises(OSError):
-        cs.CtypesCorosync({**cs.SONAMES, "quorum": "libquorum-not-here.so.99"})
+        cb.CtypesCorosync({**cb.SONAMES, "quorum": "libquorum-not-here.so.99"})
+
+
+def test_a_busy_call_is_raised_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_sleeping(_seconds: float) -> None:
+        raise AssertionError("the binding slept")
+
+    monkeypatch.setattr(time, "sleep", no_sleeping)
+    answers = [CS_ERR_TRY_AGAIN, CS_OK]
+
+    def c_function(*_args: object) -> int:
+        return answers.pop(0)
+
+    with pytest.raises(CorosyncError) as raised:
+        cb.cs_call("quorum_getquorate", c_function, 1)
+    assert raised.value.busy and raised.value.code == CS_ERR_TRY_AGAIN
+    assert answers == [CS_OK]  # asked once, not again
+    cb.cs_call("quorum_getquorate", c_function, 1)
 
 
 # --- errors and reasons -----------------------------------------------------------------------
@@ -137,16 +174,22 @@ def test_cs_error_name() -> None:
     assert cs_error_name(2) == "CS_ERR_LIBRARY"
     assert cs_error_name(100) == "CS_ERR_SECURITY"
     assert cs_error_name(77) == "CS_ERR_77"
-    assert str(cs.CorosyncError("quorum_initialize", 6)) == "quorum_initialize: CS_ERR_TRY_AGAIN"
+    assert str(CorosyncError("quorum_initialize", 6)) == "quorum_initialize: CS_ERR_TRY_AGAIN"
+
+
+def test_busy_errors() -> None:
+    assert CorosyncError("x", CS_ERR_TRY_AGAIN).busy
+    assert CorosyncError("x", CS_ERR_QUEUE_FULL).busy
+    assert not CorosyncError("x", CS_ERR_LIBRARY).busy
 
 
 def test_connect_failure_reason() -> None:
-    assert connect_failure_reason(cs.CS_ERR_LIBRARY, was_connected=True) == REASON_LOST
-    first = connect_failure_reason(cs.CS_ERR_LIBRARY, was_connected=False)
+    assert connect_failure_reason(CS_ERR_LIBRARY, was_connected=True) == REASON_LOST
+    first = connect_failure_reason(CS_ERR_LIBRARY, was_connected=False)
     assert first.startswith("corosync is not running") and "CS_ERR_LIBRARY" in first
-    denied = connect_failure_reason(cs.CS_ERR_ACCESS, was_connected=False)
+    denied = connect_failure_reason(CS_ERR_ACCESS, was_connected=False)
     assert "root" in denied and "uidgid" in denied
-    other = connect_failure_reason(cs.CS_ERR_NOT_EXIST, was_connected=True)
+    other = connect_failure_reason(CS_ERR_NOT_EXIST, was_connected=True)
     assert other == "cannot connect to corosync (CS_ERR_NOT_EXIST); retrying"
 
 
