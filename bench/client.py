@@ -1,7 +1,8 @@
-"""An asyncio fence_xvm client for load and probes, built on ``xvmd.protocol`` (wire, auth).
+"""fence_xvm clients for load and probes: I/O shells over ``xvmd.protocol.client``.
 
-Each request gets its own TCP callback listener and a fresh seqno; like the stock client it
-retransmits the same datagram every ``retrans`` seconds until the daemon calls back.
+``Client`` is the asyncio one: each request gets its own TCP callback listener and a fresh
+seqno, and like the stock client it retransmits the same datagram every ``retrans`` seconds
+until the daemon calls back. ``probe_once`` is a blocking one, for threaded probers.
 """
 
 from __future__ import annotations
@@ -14,19 +15,13 @@ import socket
 import time
 from dataclasses import dataclass
 
-from xvmd.protocol.auth import Key, sign_request
-from xvmd.protocol.wire import (
-    CHALLENGE_SIZE,
-    DOMAIN_SIZE,
-    HOST_RECORD_SIZE,
-    HashType,
-    Op,
-    Result,
-    encode_request,
-)
+from xvmd.protocol.auth import Key
+from xvmd.protocol.client import Answer, ClientError, ClientSession, build_request, drive
+from xvmd.protocol.wire import CHALLENGE_SIZE, HashType, Op
 
 GROUP = "225.0.0.12"
 AUTH = HashType.SHA256
+_LO = socket.inet_aton("127.0.0.1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +29,38 @@ class Reply:
     result: int | None  # None: lost (no callback in time) or the session broke
     seconds: float  # from the first send to the result byte (or the give-up)
     sends: int
-    error: str = ""
+    error: str = ""  # why result is None: "no callback", a ClientError reason, ...
     records: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """One blocking request (``probe_once``); times in monotonic seconds."""
+
+    sent: float
+    callback: float | None = None  # seconds from the send until the daemon connected back
+    latency: float | None = None  # seconds from the send until the answer; None: none came
+    result: int | None = None
+    error: str = ""
+
+
+def packet(key: Key, op: Op, domain: str, port: int, seqno: int) -> bytes:
+    """A request signed with AUTH whose callback is 127.0.0.1:``port``."""
+    return build_request(
+        op,
+        domain,
+        key=key,
+        hashtype=AUTH,
+        address="127.0.0.1",
+        port=port,
+        seqno=seqno & 0xFFFFFFFF,
+        salt=os.urandom(6),
+    )
+
+
+def session(key: Key, op: Op) -> ClientSession:
+    """The TCP exchange of one request, with a fresh challenge."""
+    return ClientSession(op, auth=AUTH, key=key, challenge=os.urandom(CHALLENGE_SIZE))
 
 
 class Client:
@@ -45,8 +70,7 @@ class Client:
         self.key = key
         self.dest = ("127.0.0.1" if unicast else GROUP, port)
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        lo = socket.inet_aton("127.0.0.1")
-        self.udp.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, lo)
+        self.udp.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, _LO)
         self.udp.setblocking(False)
         self._seq = itertools.count(random.randrange(1 << 24))
 
@@ -54,16 +78,7 @@ class Client:
         self.udp.close()
 
     def packet(self, op: Op, domain: str, port: int) -> bytes:
-        raw = encode_request(
-            op,
-            domain,
-            address="127.0.0.1",
-            port=port,
-            seqno=next(self._seq) & 0xFFFFFFFF,
-            hashtype=AUTH,
-            random=os.urandom(6),
-        )
-        return sign_request(raw, AUTH, self.key)
+        return packet(self.key, op, domain, port, next(self._seq))
 
     async def request(
         self, op: Op, domain: str, *, retrans: float = 2.0, timeout: float = 10.0
@@ -95,47 +110,54 @@ class Client:
                 conn.setblocking(False)
                 try:
                     async with asyncio.timeout(max(deadline - time.perf_counter(), 0.5)):
-                        result, records, err = await self._session(loop, conn, op)
+                        answer = await _exchange(loop, conn, session(self.key, op))
                 except TimeoutError:
-                    result, records, err = None, 0, "session timed out"
-            return Reply(result, time.perf_counter() - t0, sends, err, records)
+                    return Reply(None, time.perf_counter() - t0, sends, "session timed out")
+                except ClientError as exc:
+                    return Reply(None, time.perf_counter() - t0, sends, exc.reason)
+            seconds = time.perf_counter() - t0
+            return Reply(answer.status, seconds, sends, records=len(answer.records))
         finally:
             lst.close()
 
-    async def _session(
-        self, loop: asyncio.AbstractEventLoop, conn: socket.socket, op: Op
-    ) -> tuple[int | None, int, str]:
-        c1 = os.urandom(CHALLENGE_SIZE)
-        await loop.sock_sendall(conn, c1)
-        r1 = await _recv_exact(loop, conn, CHALLENGE_SIZE)
-        if r1 != self.key.digest(AUTH, c1):
-            return None, 0, "daemon failed our challenge"
-        c2 = await _recv_exact(loop, conn, CHALLENGE_SIZE)
-        if len(c2) != CHALLENGE_SIZE:
-            return None, 0, "no challenge from the daemon"
-        await loop.sock_sendall(conn, self.key.digest(AUTH, c2))
-        first = await _recv_exact(loop, conn, 1)
-        if not first:
-            return None, 0, "closed before the result byte"
-        if first[0] != Result.HOSTLIST or op is not Op.HOSTLIST:
-            return first[0], 0, ""
-        records = 0
-        while True:
-            rec = await _recv_exact(loop, conn, HOST_RECORD_SIZE)
-            if len(rec) != HOST_RECORD_SIZE:
-                return None, records, "hostlist cut short"
-            if rec[0] == 0 and rec[DOMAIN_SIZE] == 0:  # as the stock client: no name, no UUID
-                break
-            records += 1
-        await _recv_exact(loop, conn, 1)
-        return Result.SUCCESS, records, ""
+
+async def _exchange(
+    loop: asyncio.AbstractEventLoop, conn: socket.socket, s: ClientSession
+) -> Answer:
+    """Run ``s`` on a non-blocking socket (the asyncio twin of ``drive``)."""
+    while True:
+        out = s.data_to_send()
+        if out:
+            await loop.sock_sendall(conn, out)
+        if s.answer is not None:
+            return s.answer
+        data = await loop.sock_recv(conn, s.bytes_wanted)
+        if not data:
+            return s.connection_closed()
+        s.receive_data(data)
 
 
-async def _recv_exact(loop: asyncio.AbstractEventLoop, conn: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = await loop.sock_recv(conn, n - len(buf))
-        if not chunk:
-            break
-        buf += chunk
-    return buf
+def probe_once(key: Key, op: Op, domain: str, dest: tuple[str, int], wait: float) -> ProbeResult:
+    """One blocking request: send it once, wait ``wait`` s for the callback, run the exchange.
+    Failures after the send (no callback, a socket error, a broken exchange) are in ``error``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        listener.settimeout(wait)
+        pkt = packet(key, op, domain, listener.getsockname()[1], random.getrandbits(32))
+        sent = time.monotonic()
+        callback: float | None = None
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                udp.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, _LO)
+                udp.sendto(pkt, dest)
+            conn, _ = listener.accept()
+            callback = time.monotonic() - sent
+            with conn:
+                conn.settimeout(10)
+                answer = drive(session(key, op), conn.recv, conn.sendall)
+        except OSError as exc:  # TimeoutError included: no callback within ``wait``
+            return ProbeResult(sent, callback, error=f"{type(exc).__name__}: {exc}")
+        except ClientError as exc:
+            return ProbeResult(sent, callback, error=exc.reason)
+        return ProbeResult(sent, callback, time.monotonic() - sent, answer.status)

@@ -42,10 +42,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.harness import FENCE_XVM, Netns, Xvmd
-from tests.support.pyclient import build, callback_listener, exchange, send_datagram
 from xvmd.protocol.auth import Key
-from xvmd.protocol.wire import HashType, Op
+from xvmd.protocol.wire import Op
+
+from .client import probe_once
+from .env import FENCE_XVM, Netns
 
 REPO = Path(__file__).resolve().parents[1]
 FENCE_VIRTD = "/usr/sbin/fence_virtd"
@@ -347,15 +348,33 @@ def start_xvmd(scratch: Path, key: Path, uri: str) -> Daemon:
     if _xvmd_supports("--audit"):  # keep its audit trail in the scratch dir
         args += ["--audit", str(scratch / "xvmd-audit.jsonl")]
     d = Daemon("xvmd", ns, scratch / "xvmd.log")
-    x = Xvmd(ns, args, d.log_path, port=PORT)
     try:
-        x.start(ready_timeout=30)
+        with open(d.log_path, "wb") as log:
+            d.proc = subprocess.Popen(
+                ns.cmd(sys.executable, "-m", "xvmd", *args),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
+        _wait_ready(d, timeout=30)
     except BaseException:
-        d.proc = x.proc
         d.stop()
         raise
-    d.proc = x.proc
     return d
+
+
+def _wait_ready(d: Daemon, timeout: float) -> None:
+    """Until xvmd logs that it is ready (it exits on a start-up error)."""
+    assert d.proc is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = d.log_path.read_text(errors="replace")
+        if "xvmd ready" in log:
+            return
+        if d.proc.poll() is not None:
+            raise RuntimeError(f"xvmd exited with {d.proc.returncode}:\n{log}")
+        time.sleep(0.02)
+    raise RuntimeError(f"xvmd not ready after {timeout}s:\n{d.log_path.read_text()}")
 
 
 def start_fence_virtd(scratch: Path, key: Path, uri: str, b: str) -> Daemon:
@@ -427,26 +446,16 @@ def _probe(argv: Sequence[str]) -> int:
     lock = threading.Lock()
 
     def one(i: int) -> None:
-        rec: dict[str, object] = {"i": i, "latency": None, "callback": None, "result": None}
-        listener = callback_listener()
-        try:
-            packet = build(Op.STATUS, a.domain, key, port=listener.getsockname()[1])
-            listener.settimeout(a.wait)
-            sent = time.monotonic()
-            rec["sent"] = sent
-            send_datagram(packet, (GROUP, a.port))
-            conn, _ = listener.accept()
-            rec["callback"] = time.monotonic() - sent
-            with conn:
-                conn.settimeout(10)
-                reply = exchange(conn, key, HashType.SHA256, Op.STATUS)
-            rec["result"] = reply.result
-            if reply.result is not None:
-                rec["latency"] = time.monotonic() - sent
-        except OSError as exc:  # TimeoutError included: no callback within a.wait
-            rec["error"] = f"{type(exc).__name__}: {exc}"
-        finally:
-            listener.close()
+        r = probe_once(key, Op.STATUS, a.domain, (GROUP, a.port), a.wait)
+        rec: dict[str, object] = {
+            "i": i,
+            "sent": r.sent,
+            "callback": r.callback,
+            "latency": r.latency,
+            "result": r.result,
+        }
+        if r.error:
+            rec["error"] = r.error
         with lock:
             samples.append(rec)
 

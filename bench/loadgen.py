@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import resource
 import select
 import socket
@@ -13,9 +12,10 @@ from collections import Counter
 from collections.abc import Mapping
 
 from xvmd.protocol.auth import Key
-from xvmd.protocol.wire import CHALLENGE_SIZE, Op
+from xvmd.protocol.client import ClientError, ClientSession
+from xvmd.protocol.wire import Op
 
-from .client import AUTH, Client, Reply
+from .client import Client, Reply, session
 
 RETRANS = 2.0  # the stock client's -r 20
 LOST_AFTER = 10.0
@@ -55,15 +55,14 @@ def _listener() -> socket.socket:
 class _Req:
     """One status request of the load run, from its datagram to its result byte."""
 
-    __slots__ = ("buf", "c1", "conn", "last_send", "lst", "name", "pkt", "sends", "t0")
+    __slots__ = ("conn", "last_send", "lst", "name", "pkt", "sends", "session", "t0")
 
     def __init__(self, name: str, lst: socket.socket, pkt: bytes, now: float) -> None:
         self.name = name
         self.lst = lst
         self.pkt = pkt
         self.conn: socket.socket | None = None
-        self.c1 = b""
-        self.buf = b""
+        self.session: ClientSession | None = None
         self.t0 = self.last_send = now
         self.sends = 1
 
@@ -129,24 +128,24 @@ def load(
             req.lst.close()
             conn.setblocking(False)
             req.conn = conn
-            req.c1 = os.urandom(CHALLENGE_SIZE)
-            conn.send(req.c1)
+            req.session = session(key, Op.STATUS)
+            conn.send(req.session.data_to_send())
             by_fd[conn.fileno()] = req
             ep.register(conn.fileno(), select.EPOLLIN)
             return
-        want = 2 * CHALLENGE_SIZE if len(req.buf) < 2 * CHALLENGE_SIZE else 2 * CHALLENGE_SIZE + 1
-        data = req.conn.recv(want - len(req.buf))
-        if not data:
-            finish(req, None, "closed early")
+        assert req.session is not None
+        try:
+            data = req.conn.recv(req.session.bytes_wanted)
+            answer = req.session.receive_data(data) if data else req.session.connection_closed()
+        except ClientError as exc:
+            finish(req, None, exc.reason)
             return
-        req.buf += data
-        if len(req.buf) == 2 * CHALLENGE_SIZE:
-            if req.buf[:CHALLENGE_SIZE] != key.digest(AUTH, req.c1):
-                finish(req, None, "daemon failed our challenge")
-                return
-            req.conn.send(key.digest(AUTH, req.buf[CHALLENGE_SIZE:]))
-        elif len(req.buf) > 2 * CHALLENGE_SIZE:
-            finish(req, req.buf[-1])
+        if answer is not None:
+            finish(req, answer.status)
+        else:
+            out = req.session.data_to_send()
+            if out:
+                req.conn.send(out)
 
     def timers(now: float) -> None:
         nonlocal retransmits

@@ -18,14 +18,8 @@ from hypothesis import HealthCheck, settings
 
 from tests.unit import refvectors
 from xvmd.protocol.auth import Key, sign_request
-from xvmd.protocol.wire import (
-    HASH_OFFSET,
-    HASH_SIZE,
-    REQUEST_SIZE,
-    HashType,
-    Op,
-    encode_request,
-)
+from xvmd.protocol.client import build_request
+from xvmd.protocol.wire import HASH_OFFSET, HASH_SIZE, REQUEST_SIZE, HashType, Op
 
 LONG = os.environ.get("XVMD_FUZZ_LONG") == "1"
 LONG_FACTOR = 50
@@ -120,13 +114,10 @@ def signed(
     seqno: int = 1,
     salt: bytes = b"\x01\x02\x03\x04\x05\x06",
 ) -> bytes:
-    """A validly signed request (the client side)."""
-    if hashtype is HashType.NONE:
-        salt = b"\0" * 6
-    raw = encode_request(
-        op, domain, address=address, port=port, seqno=seqno, hashtype=hashtype, random=salt
+    """A validly signed request, as the client builds it (the salt is zero when unsigned)."""
+    return build_request(
+        op, domain, key=key, hashtype=hashtype, address=address, port=port, seqno=seqno, salt=salt
     )
-    return sign_request(raw, hashtype, key)
 
 
 def set_field(raw: bytes, name: str, value: bytes) -> bytes:

@@ -2,6 +2,7 @@
 
 The real ``/usr/sbin/fence_xvm`` drives the end-to-end tests; this client covers what it cannot
 do: replay one packet twice, point the callback at a closed port, send ``null``, flood garbage.
+The protocol is ``xvmd.protocol.client``; this module only adds blocking sockets and randomness.
 """
 
 from __future__ import annotations
@@ -10,23 +11,17 @@ import os
 import socket
 from dataclasses import dataclass
 
-from xvmd.protocol.auth import Key, sign_request
-from xvmd.protocol.wire import (
-    CHALLENGE_SIZE,
-    HOST_RECORD_SIZE,
-    HashType,
-    HostRecord,
-    Op,
-    decode_host_record,
-    encode_request,
-)
+from xvmd.protocol.auth import Key
+from xvmd.protocol.client import ClientError, ClientSession, build_request, drive
+from xvmd.protocol.wire import CHALLENGE_SIZE, HashType, HostRecord, Op
 
 
 @dataclass
 class Reply:
-    result: int | None  # the result byte; None when no callback came or it ended early
+    result: int | None  # the result byte (0xFD for a hostlist); None: no callback, or it broke
     records: list[HostRecord]
     connected: bool
+    error: str = ""  # ClientError.reason when the exchange broke
 
 
 def build(
@@ -40,11 +35,16 @@ def build(
     seqno: int | None = None,
 ) -> bytes:
     seq = seqno if seqno is not None else int.from_bytes(os.urandom(3), "little")
-    rnd = os.urandom(6) if hashtype is not HashType.NONE else b"\0" * 6
-    raw = encode_request(
-        op, domain, address=address, port=port, seqno=seq, hashtype=hashtype, random=rnd
+    return build_request(
+        op,
+        domain,
+        key=key,
+        hashtype=hashtype,
+        address=address,
+        port=port,
+        seqno=seq,
+        salt=os.urandom(6),
     )
-    return sign_request(raw, hashtype, key)
 
 
 def callback_listener(host: str = "127.0.0.1") -> socket.socket:
@@ -63,43 +63,14 @@ def send_datagram(packet: bytes, dest: tuple[str, int]) -> None:
         s.sendto(packet, dest)
 
 
-def _recv_exact(conn: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = conn.recv(n - len(buf))
-        if not chunk:
-            break
-        buf += chunk
-    return buf
-
-
 def exchange(conn: socket.socket, key: Key, auth: HashType, op: Op) -> Reply:
     """Run the client side of the TCP phase on an accepted or connected socket."""
-    if auth is not HashType.NONE:
-        c1 = os.urandom(CHALLENGE_SIZE)
-        conn.sendall(c1)
-        r1 = _recv_exact(conn, CHALLENGE_SIZE)
-        if r1 != key.digest(auth, c1):
-            return Reply(None, [], True)
-        c2 = _recv_exact(conn, CHALLENGE_SIZE)
-        if len(c2) != CHALLENGE_SIZE:
-            return Reply(None, [], True)
-        conn.sendall(key.digest(auth, c2))
-    first = _recv_exact(conn, 1)
-    if not first:
-        return Reply(None, [], True)
-    records: list[HostRecord] = []
-    if first[0] == 0xFD and op is Op.HOSTLIST:
-        while True:
-            rec = _recv_exact(conn, HOST_RECORD_SIZE)
-            if len(rec) != HOST_RECORD_SIZE:
-                return Reply(None, records, True)
-            decoded = decode_host_record(rec)
-            if decoded is None:
-                break
-            records.append(decoded)
-        _recv_exact(conn, 1)
-    return Reply(first[0], records, True)
+    session = ClientSession(op, auth=auth, key=key, challenge=os.urandom(CHALLENGE_SIZE))
+    try:
+        answer = drive(session, conn.recv, conn.sendall)
+    except ClientError as exc:
+        return Reply(None, [], True, exc.reason)
+    return Reply(answer.result, list(answer.records), True)
 
 
 def request(
