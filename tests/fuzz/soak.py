@@ -173,10 +173,7 @@ async def _datagrams(n: int, rng: random.Random, report: Report) -> None:
                     raise AssertionError(f"history grew to {len(history)}")
                 if history.backing_off > history.max_entries:
                     raise AssertionError(f"{history.backing_off} requests backing off")
-        for _ in range(100):
-            if not service._tasks:
-                break
-            await asyncio.sleep(0.001)
+        await _idle(service, 0.1)
     report.datagram_seconds = time.perf_counter() - t0
     report.datagrams = n
     report.callbacks = attempts
@@ -185,7 +182,7 @@ async def _datagrams(n: int, rng: random.Random, report: Report) -> None:
     # What a failed callback leaves is a one-second back-off; once over, nothing may remain.
     service.history.expire(time.monotonic() + CALLBACK_BACKOFF)
     report.history_left = len(service.history)
-    report.sessions_left = len(service._tasks)
+    report.sessions_left = service.in_flight
     service.runner.shutdown()
 
 
@@ -277,17 +274,14 @@ async def _socket_streams(n: int, rng: random.Random, report: Report, parallel: 
             batch.append(one(body))
         await asyncio.gather(*batch)
         done += len(batch)
-    for _ in range(2000):
-        if not service._tasks:
-            break
-        await asyncio.sleep(0.005)
+    await _idle(service, 10.0)
     server.close()
     await server.wait_closed()
     service.runner.shutdown()
     report.socket_streams = n
     report.socket_seconds = time.perf_counter() - t0
     report.backend_calls += len(backend.calls)
-    report.sessions_left += len(service._tasks)
+    report.sessions_left += service.in_flight
     report.dropped.update({f"tcp:{k}": v for k, v in service.stats.dropped.items()})
 
 
@@ -345,3 +339,10 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+async def _idle(service: FenceService, timeout: float) -> None:
+    """Wait for the sessions in flight to end, up to ``timeout`` (the report counts the rest)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await service.idle()

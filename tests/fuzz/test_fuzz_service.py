@@ -80,13 +80,11 @@ def recorded_callbacks() -> Iterator[Callbacks]:
         yield fake
 
 
-async def settle(service: FenceService, limit: int = 500) -> None:
-    """Let spawned tasks run until no session and no task is left (bounded)."""
-    for _ in range(limit):
-        if not service.active_sessions and not service._tasks:
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError(f"{service.active_sessions} sessions still running")
+async def settle(service: FenceService, timeout: float = 5.0) -> None:
+    """Wait until every spawned session has ended; then no quota place may be left taken."""
+    async with asyncio.timeout(timeout):
+        await service.idle()
+    assert not service.active_sessions, f"{service.active_sessions} quota places still taken"
 
 
 # -- strategies --------------------------------------------------------------------------------
@@ -316,9 +314,7 @@ def test_copies_of_one_pending_request_do_not_grow_memory_without_bound() -> Non
                 large = tracemalloc.get_traced_memory()[0] - before
             finally:
                 tracemalloc.stop()
-                for task in list(service._tasks):
-                    task.cancel()
-                await asyncio.sleep(0)
+                await service.drain(0)
             assert len(callbacks.calls) == 1
         return small, large
 
@@ -393,7 +389,7 @@ def test_callback_streams_never_authenticate(chunks: list[bytes], mode: str, bit
         packet = corpus.signed(Op.OFF, "vm-01", port=port, seqno=int.from_bytes(os.urandom(3)))
         service.datagram_received(packet, ("127.0.0.1", 1))
         await asyncio.wait_for(done.wait(), timeout=10)
-        await settle(service, limit=5000)
+        await settle(service)
         server.close()
         await server.wait_closed()
         service.runner.shutdown()
@@ -434,7 +430,7 @@ def test_listener_streams_never_authenticate(
             received = b""
         finally:
             writer.close()
-        await settle(service, limit=5000)
+        await settle(service)
         server.close()
         await server.wait_closed()
         service.runner.shutdown()
@@ -452,6 +448,7 @@ def test_a_correct_client_is_served_by_the_same_harness() -> None:
     async def scenario() -> tuple[bytes, FakeBackend]:
         service, backend = make_service()
         result = bytearray()
+        finished = asyncio.Event()
 
         async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             c1 = os.urandom(CHALLENGE_SIZE)
@@ -461,12 +458,14 @@ def test_a_correct_client_is_served_by_the_same_harness() -> None:
             writer.write(KEY.digest(HashType.SHA256, head[64:]))
             result.extend(await _read_all(reader))
             writer.close()
+            finished.set()
 
         server = await asyncio.start_server(client, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         service.datagram_received(corpus.signed(Op.STATUS, "vm-01", port=port), ("127.0.0.1", 1))
-        await asyncio.sleep(0.05)
-        await settle(service, limit=5000)
+        await settle(service)
+        async with asyncio.timeout(5):
+            await finished.wait()
         server.close()
         service.runner.shutdown()
         return bytes(result), backend
@@ -497,7 +496,7 @@ def test_silent_listener_clients_are_cut_off_after_the_request_timeout() -> None
             return loop.time() - t0
 
         ends = await asyncio.gather(*(silent() for _ in range(100)))
-        await settle(service, limit=2000)
+        await settle(service)
         server.close()
         await server.wait_closed()
         service.runner.shutdown()

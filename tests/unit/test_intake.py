@@ -18,11 +18,13 @@ import pytest
 
 import ccs
 from xvmd.core.addresses import callback_problem, sender
-from xvmd.core.intake import KEPT, SETTLE, Drop, Intake, Proceed
+from xvmd.core.droplog import KEPT, Drop
+from xvmd.core.intake import SETTLE, Intake, Proceed
 from xvmd.core.limits import Limits, Ticket
 from xvmd.core.policy import Policy
 from xvmd.protocol.auth import Key, sign_request
-from xvmd.protocol.history import DUPLICATE_WINDOW
+from xvmd.protocol.history import DUPLICATE_WINDOW, History
+from xvmd.protocol.replay import ReplayGuard
 from xvmd.protocol.wire import FenceRequest, HashType, Op, encode_request, parse_request
 from xvmd.quorum import QuorumStatus
 
@@ -588,9 +590,9 @@ def test_one_key_holders_flood_cannot_push_out_what_another_key_signed() -> None
     evicts only A's entries, and tenant B's captured packet stays refused."""
     other = Key(b"tenant B's key")
     both = Policy.unrestricted([KEY, other])
-    i = intake()
-    i.replays.max_entries = 50
-    i.history._done.max_entries = 50
+    i = Intake(
+        HashType.SHA256, Limits(), history=History(max_done=50), replays=ReplayGuard(max_entries=50)
+    )
     b_req = packet(key=other, seqno=1)
     ok = proceed(i.datagram(b_req, other, both, QUORATE, 0.0))
     i.connected(b_req, ok, 0.1)

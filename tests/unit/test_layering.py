@@ -62,6 +62,10 @@ def rel(p: Path) -> str:
         REPO / "xvmd/core/intake.py",
         REPO / "xvmd/core/addresses.py",
         REPO / "xvmd/core/limits.py",
+        REPO / "xvmd/core/droplog.py",
+        REPO / "xvmd/quorum/__init__.py",
+        REPO / "xvmd/quorum/corotypes.py",
+        REPO / "xvmd/quorum/status.py",
         *(
             REPO / f"ccs/{m}.py"
             for m in (
@@ -93,11 +97,37 @@ def test_pure_modules_do_no_io(module: Path) -> None:
         ("libvirt", {"xvmd/backend/libvirt.py"}),
         ("pyroute2", {"xvmd/net/iface.py"}),
         ("watchdog", {"ccs/watch.py"}),
+        ("ctypes", {"xvmd/quorum/binding.py"}),
     ],
 )
 def test_each_library_has_one_owner(library: str, owners: set[str]) -> None:
     users = {rel(p) for p in SOURCES if library in top(imports(p))}
     assert users == owners
+
+
+# Each package of xvmd and the packages it may import: the layers of docs/architecture.md.
+LOWER = {
+    "protocol": set(),
+    "backend": set(),
+    "quorum": set(),
+    "net": {"protocol"},
+    "core": {"protocol", "net", "backend", "quorum"},
+    "daemon": {"core", "protocol", "net", "backend", "quorum"},
+    "cli": {"daemon", "core", "protocol", "net", "backend", "quorum"},
+}
+
+
+@pytest.mark.parametrize("package", sorted(LOWER))
+def test_each_package_imports_only_the_layers_below(package: str) -> None:
+    allowed = LOWER[package] | {package}
+    for path in REPO.glob(f"xvmd/{package}/*.py"):
+        used = {n.split(".")[1] for n in imports(path) if n.startswith("xvmd.")}
+        assert used <= allowed, f"{rel(path)} imports xvmd.{sorted(used - allowed)}"
+
+
+def test_every_package_has_a_layer() -> None:
+    packages = {p.parent.name for p in REPO.glob("xvmd/*/__init__.py")}
+    assert packages == set(LOWER)
 
 
 def test_ccs_never_imports_xvmd() -> None:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from tests.support import pyclient
+from tests.unit.fakes import until
 from xvmd.backend import DomainInfo, DomainState
 from xvmd.backend.fake import FakeBackend
 from xvmd.core.executor import BackendRunner
@@ -50,18 +51,15 @@ def test_sessions_are_bounded_and_excess_requests_dropped_as_busy() -> None:
         for seq in range(5):
             pkt = pyclient.build(Op.STATUS, "vm", KEY, port=port, seqno=seq)
             service.datagram_received(pkt, ("127.0.0.1", 5000))
-        await asyncio.sleep(0.2)
+        await until(lambda: len(held) == 2)
         active, busy = service.active_sessions, service.stats.dropped["busy"]
         # Busy requests were not recorded: the client's retransmit is served once there is room.
-        for task in list(service._tasks):
-            task.cancel()
-        await asyncio.sleep(0.05)
+        await service.drain(0)  # cuts the two held sessions off
         retry = pyclient.build(Op.STATUS, "vm", KEY, port=port, seqno=4)
         service.datagram_received(retry, ("127.0.0.1", 5000))
-        await asyncio.sleep(0.1)
+        await until(lambda: len(held) == 3)
         accepted_after = len(held)
-        for task in list(service._tasks):
-            task.cancel()
+        await service.drain(0)
         server.close()
         return active, busy, accepted_after
 
@@ -132,10 +130,11 @@ def test_a_request_in_flight_finishes_under_the_policy_it_started_with(tmp_path:
     async def scenario() -> tuple[int | None, int | None]:
         service = make_service(max_sessions=4)
         service.policy = old
-        go = asyncio.Event()
+        go, called = asyncio.Event(), asyncio.Event()
         results: list[int | None] = []
 
         async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            called.set()
             await go.wait()  # the daemon is waiting for our challenge now
             c1 = os.urandom(64)
             writer.write(c1)
@@ -149,13 +148,13 @@ def test_a_request_in_flight_finishes_under_the_policy_it_started_with(tmp_path:
         server = await asyncio.start_server(client, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         service.datagram_received(pyclient.build(Op.STATUS, "n1", key, port=port), ("127.0.0.1", 1))
-        await asyncio.sleep(0.1)
+        await called.wait()
         service.policy = new  # reload lands mid-request
         go.set()
-        await asyncio.sleep(0.5)
+        await service.idle()
         late = pyclient.build(Op.STATUS, "n1", key, port=port)
         service.datagram_received(late, ("127.0.0.1", 1))  # starts under the new policy
-        await asyncio.sleep(0.5)
+        await service.idle()
         server.close()
         return results[0], results[1]
 

@@ -30,26 +30,26 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from xvmd.core.addresses import callback_problem, sender
-from xvmd.core.limits import Limits, Quota, Throttle, Ticket
+from xvmd.core.droplog import KEPT, Drop, DropLines
+from xvmd.core.limits import Limits, Quota, Ticket
 from xvmd.core.policy import Gate, Policy, Refused, quorum_gate
 from xvmd.protocol.auth import Key
+from xvmd.protocol.drops import DropReason
 from xvmd.protocol.history import Admission, History, RequestKey, request_key
 from xvmd.protocol.replay import ReplayGuard, fingerprint
 from xvmd.protocol.wire import FenceRequest, HashType
 from xvmd.quorum import QuorumStatus
 
-FLOOD_INTERVAL = 60.0
-"""Seconds between two log lines about the same kind of drop from the same source."""
-PER_REQUEST_INTERVAL = 10.0
-"""Seconds between two log lines (and refusal records) about the same request."""
 SETTLE = 2.0
 """Seconds to wait before reporting a copy from a foreign address: a node with several
 addresses sends a copy from each, and only a request no copy of which was served is news."""
 MAX_UNPLACED = 1024
+"""Requests from foreign addresses waiting out SETTLE: bounded, since the sender picks how
+many distinct requests it makes; past this the oldest goes unreported (it is still dropped)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,18 +63,33 @@ class Proceed:
 
 
 @dataclass(frozen=True, slots=True)
-class Drop:
-    """Not served. ``message`` is None when nothing should be logged beyond debug level."""
+class Keys:
+    """Which key answers the challenge-response and whose device scope a request gets."""
 
-    reason: str
-    message: str | None = None
-    level: int = logging.DEBUG
-    detail: str = ""  # with ``record``: why, for `xvmd status` and the audit trail
-    record: bool = False
-    result: str = "dropped"  # the result recorded (auth failures: after a connection)
+    session: Key | None  # answers the challenge-response (None: --auth none)
+    scope: Key | None  # passed to ``Policy.scope_for`` (None: every served device)
 
 
-KEPT = Drop("alternate")  # a copy kept for a retry of the callback: not counted as a drop
+def answering_keys(
+    key: Key | None, challenge: HashType, loaded: Sequence[Key]
+) -> Keys | DropReason:
+    """The keys of a verified request (``key``: the one its signature proved, None: unsigned).
+
+    The reach docs/security.md ("Unsigned requests") and docs/protocol.md (section 3) promise:
+
+    - signed: the key that verified it answers the challenge and its device is the scope;
+    - unsigned (only with --hash none) and --auth none: no key answers and the scope is every
+      device this host serves (every domain without cluster.conf), never one device's;
+    - unsigned, --auth on, one key loaded: the challenge-response proves that key, so it
+      answers and its device is the scope;
+    - unsigned, --auth on, several keys: which one does the client check the answer with?
+      ``unsigned-ambiguous``; no key at all: ``no-key``.
+    """
+    if key is not None or challenge is HashType.NONE:
+        return Keys(key, key)
+    if len(loaded) == 1:
+        return Keys(loaded[0], loaded[0])
+    return DropReason.UNSIGNED_AMBIGUOUS if loaded else DropReason.NO_KEY
 
 
 def _owner(key: Key | None) -> bytes:
@@ -83,15 +98,22 @@ def _owner(key: Key | None) -> bytes:
 
 
 class Intake:
-    def __init__(self, auth: HashType, limits: Limits) -> None:
+    def __init__(
+        self,
+        auth: HashType,
+        limits: Limits,
+        *,
+        history: History | None = None,
+        replays: ReplayGuard | None = None,
+    ) -> None:
         self.auth = auth
-        self.history = History()
-        self.replays = ReplayGuard()
+        # Both memories are bounded; pass your own to choose other bounds.
+        self.history = history if history is not None else History()
+        self.replays = replays if replays is not None else ReplayGuard()
         # keyed by callback (address, port), and by peer address (``sender``)
         self.sessions = Quota(limits.max_sessions, limits.per_callback)
         self.streams = Quota(limits.max_stream, limits.per_peer)
-        self.per_source = Throttle(FLOOD_INTERVAL)
-        self.per_request = Throttle(PER_REQUEST_INTERVAL)
+        self.lines = DropLines()
         # Copies from addresses of no cluster node, reported only if no copy gets served.
         self._unplaced: OrderedDict[RequestKey, tuple[FenceRequest, str, float]] = OrderedDict()
 
@@ -106,16 +128,17 @@ class Intake:
         now: float,
     ) -> Proceed | Drop:
         if req.callback is None or req.address is None:
-            return Drop("no-callback", f"request from {req.address} names no callback address")
+            why = f"request from {req.address} names no callback address"
+            return Drop(DropReason.NO_CALLBACK, why)
         address = req.callback[0]
         problem = callback_problem(req.packed_address)
         if problem is not None:
             why = f"{req.op.label} {req.shown_target}: callback to {problem} ({address}) refused"
-            return self._quiet("bad-callback", address, now, why)
+            return self.lines.quiet(DropReason.BAD_CALLBACK, address, now, why)
         checked = self._common(req, key, policy, status, now, address)
         if isinstance(checked, Drop):
             return checked
-        session_key, scope_key, fp = checked
+        keys, fp = checked
         node = policy.requester(address)
         if isinstance(node, Refused):
             return self._not_a_node(req, node.reason, now)
@@ -131,7 +154,7 @@ class Intake:
         if isinstance(ticket, str):
             self.history.forget(req)  # not handled: the client's retransmit is welcome
             return self._busy(req, ticket, now)
-        return Proceed(session_key, scope_key, ticket, owner)
+        return Proceed(keys.session, keys.scope, ticket, owner)
 
     def _not_a_node(self, req: FenceRequest, why: str, now: float) -> Drop:
         """Dropped quietly for now; ``overdue`` reports it if no other copy is served."""
@@ -140,7 +163,7 @@ class Intake:
             self._unplaced[key] = (req, why, now)
             if len(self._unplaced) > MAX_UNPLACED:
                 self._unplaced.popitem(last=False)
-        return Drop("not-a-node")
+        return Drop(DropReason.NOT_A_NODE)
 
     def overdue(self, now: float) -> list[tuple[FenceRequest, Drop]]:
         """Requests that came only from addresses of no cluster node: what to log and record."""
@@ -151,7 +174,7 @@ class Intake:
                 break
             del self._unplaced[key]
             if not self.history.knows(req):
-                drop = self._per_request_drop(req, now, "not-a-node", why)
+                drop = self.lines.once_per_request(req, now, DropReason.NOT_A_NODE, why)
                 if drop.message is not None:
                     out.append((req, drop))
         return out
@@ -160,12 +183,9 @@ class Intake:
         self, req: FenceRequest, address: str, port: int, why: str, now: float
     ) -> str | None:
         """A connect-back failed; the line to log (None: counted quietly)."""
-        n = self.per_source.hit(("callback-failed", (address, port)), now)
-        if n is None:
-            return None
-        more = f" ({n} more failures since the last report)" if n else ""
         what = f"{req.op.label} {req.shown_target}"
-        return f"cannot call back {address} port {port} for {what}: {why}{more}"
+        text = f"cannot call back {address} port {port} for {what}: {why}"
+        return self.lines.per_callback((address, port), now, text)
 
     def all_callbacks_failed(self, req: FenceRequest, now: float) -> None:
         self.history.failed(req, now)
@@ -181,10 +201,12 @@ class Intake:
         if isinstance(ticket, Ticket):
             return ticket
         if ticket == "full":
-            reason, why = "listener-busy", f"TCP listener full ({self.streams.used} clients)"
+            reason = DropReason.LISTENER_BUSY
+            why = f"TCP listener full ({self.streams.used} clients)"
         else:
-            reason, why = "listener-peer-busy", f"{self.streams.per_key} connections already open"
-        return self._quiet(reason, peer, now, f"TCP listener: refusing {peer}: {why}")
+            reason = DropReason.LISTENER_PEER_BUSY
+            why = f"{self.streams.per_key} connections already open"
+        return self.lines.quiet(reason, peer, now, f"TCP listener: refusing {peer}: {why}")
 
     def stream(
         self,
@@ -199,14 +221,14 @@ class Intake:
         checked = self._common(req, key, policy, status, now, peer)
         if isinstance(checked, Drop):
             return checked
-        session_key, scope_key, fp = checked
+        keys, fp = checked
         owner = _owner(key)
         admission = self.history.admit_stream(req, now, owner)
         if fp is not None:
             self.replays.remember(fp, now, owner)
         if admission is not Admission.NEW:
             return self._not_new(req, admission, now, peer)
-        return Proceed(session_key, scope_key, ticket, owner)
+        return Proceed(keys.session, keys.scope, ticket, owner)
 
     def forged(self, who: str, now: float) -> Drop:
         """A signature made from an answer to a challenge (length extension): an attack."""
@@ -214,7 +236,7 @@ class Intake:
             f"ATTACK: request from {who} carries a signature made by length extension of a "
             "challenge answer; refused"
         )
-        return self._quiet("forged", who, now, why, logging.ERROR)
+        return self.lines.quiet(DropReason.FORGED, who, now, why, logging.ERROR)
 
     def auth_failed(
         self, req: FenceRequest, who: str, failure: str, reflected: bool, now: float
@@ -225,16 +247,15 @@ class Intake:
                 f"ATTACK: {who} sent back a challenge this daemon issued to another session "
                 f"(challenge reflection) for {req.op.label} {req.shown_target}; refused"
             )
-            drop = self._quiet("reflection", who, now, why, logging.ERROR)
+            drop = self.lines.quiet(DropReason.REFLECTION, who, now, why, logging.ERROR)
             logged = drop.message is not None
-            return Drop(drop.reason, drop.message, drop.level, why, logged, "reflection")
+            return Drop(drop.reason, drop.message, drop.level, why, logged, drop.reason)
         what = f"{req.op.label} {req.shown_target} from {who}"
         why = f"{what} not served: authentication failed: {failure}"
-        drop = self._quiet("auth-failed", who, now, why)
+        drop = self.lines.quiet(DropReason.AUTH_FAILED, who, now, why)
         # A refusal record only when logged: a flood must not fill the disk either.
-        return Drop(
-            drop.reason, drop.message, drop.level, failure, drop.message is not None, "auth-failed"
-        )
+        logged = drop.message is not None
+        return Drop(drop.reason, drop.message, drop.level, failure, logged, drop.reason)
 
     # -- shared ---------------------------------------------------------------------------------
 
@@ -250,7 +271,7 @@ class Intake:
         if age is None:
             return fp
         if age < self.history.window:
-            return Drop("duplicate")
+            return Drop(DropReason.DUPLICATE)
         return self._replayed(req, now, who)
 
     def _common(
@@ -261,57 +282,68 @@ class Intake:
         status: QuorumStatus | None,
         now: float,
         who: str,
-    ) -> tuple[Key | None, Key | None, bytes | None] | Drop:
-        """Exact-bytes replay, key choice and quorum, the checks both paths share: (session
-        key, scope key, the packet's fingerprint when signed)."""
+    ) -> tuple[Keys, bytes | None] | Drop:
+        """Exact-bytes replay, key choice and quorum, the checks both paths share: (the keys,
+        the packet's fingerprint when signed)."""
         fp = self._fingerprint(req, now, who)
         if isinstance(fp, Drop):
             return fp
         keys = self._keys(req, key, policy, now, who)
         if isinstance(keys, Drop):
             return keys
+        refused = self._quorum_admits(req, key, status, fp, now)
+        return refused if refused is not None else (keys, fp)
+
+    def _quorum_admits(
+        self,
+        req: FenceRequest,
+        key: Key | None,
+        status: QuorumStatus | None,
+        fp: bytes | None,
+        now: float,
+    ) -> Drop | None:
+        """Quorum, stage 1 of 2, before any connection (stage 2 is in ``xvmd.core.pipeline``,
+        after the handshake): an inquorate host must not even call back for a power action, so
+        it takes no part in fencing at all and the client times out, as with a host that is
+        down. None: admitted."""
         gate, why = quorum_gate(req.op, status)
-        if gate is Gate.DROP:
-            if fp is not None:
-                # These bytes are never acted on later: the client's retransmit is, once
-                # quorum is back, but a captured copy cannot be saved for a moment it suits.
-                self.replays.remember(fp, now, _owner(key))
-            # Not recorded in the history: once quorum is back, the retransmit is served.
-            return self._per_request_drop(req, now, "inquorate", why)
-        return keys[0], keys[1], fp
+        if gate is not Gate.DROP:
+            return None  # Gate.FAIL (monitor) is answered after authentication, by stage 2
+        if fp is not None:
+            # These bytes are never acted on later: the client's retransmit is, once
+            # quorum is back, but a captured copy cannot be saved for a moment it suits.
+            self.replays.remember(fp, now, _owner(key))
+        # Not recorded in the history: once quorum is back, the retransmit is served.
+        return self.lines.once_per_request(req, now, DropReason.INQUORATE, why)
 
     def _replayed(self, req: FenceRequest, now: float, who: str) -> Drop:
         why = (
             f"replayed {req.op.label} {req.shown_target} seqno {req.seqno} from {who} dropped: "
             "this request was seen before, longer ago than any retransmit"
         )
-        return self._quiet("replayed", who, now, why)
+        return self.lines.quiet(DropReason.REPLAYED, who, now, why)
 
     def _keys(
         self, req: FenceRequest, key: Key | None, policy: Policy, now: float, who: str
-    ) -> tuple[Key | None, Key | None] | Drop:
-        """(session key, scope key). A signed request's key answers and scopes. An unsigned one
-        (only with --hash none) reaches every device this host serves when the challenge is off
-        too; otherwise the one loaded key answers the challenge and its device is the scope."""
-        if key is not None or self.auth is HashType.NONE:
-            return key, key
-        if len(policy.keys) == 1:
-            return policy.keys[0], policy.keys[0]
-        if policy.keys:
-            reason, which = "unsigned-ambiguous", f"{len(policy.keys)} devices' keys could be meant"
+    ) -> Keys | Drop:
+        chosen = answering_keys(key, self.auth, policy.keys)
+        if isinstance(chosen, Keys):
+            return chosen
+        if chosen is DropReason.UNSIGNED_AMBIGUOUS:
+            which = f"{len(policy.keys)} devices' keys could be meant"
         else:
-            reason, which = "no-key", "none is loaded"
+            which = "none is loaded"
         why = (
             f"unsigned {req.op.label} {req.shown_target} from {who} dropped: --auth "
             f"{self.auth.label} needs a key for the challenge, and {which}"
         )
-        return self._quiet(reason, who, now, why)
+        return self.lines.quiet(chosen, who, now, why)
 
     def _not_new(self, req: FenceRequest, admission: Admission, now: float, who: str) -> Drop:
         if admission is Admission.ALTERNATE:
             return KEPT
         if admission is Admission.BACKOFF:
-            return Drop("callback-backoff")
+            return Drop(DropReason.CALLBACK_BACKOFF)
         if admission is Admission.REPLAYED:
             return self._replayed(req, now, who)
         # The first copy is news to an operator; a replay storm must not flood the log.
@@ -320,7 +352,7 @@ class Intake:
             f"duplicate {req.op.label} {req.shown_target} seqno {req.seqno} from {who} "
             "dropped (already handled)"
         )
-        return Drop("duplicate", why, logging.INFO if first else logging.DEBUG)
+        return Drop(DropReason.DUPLICATE, why, logging.INFO if first else logging.DEBUG)
 
     def _busy(self, req: FenceRequest, why: str, now: float) -> Drop:
         assert req.callback is not None
@@ -329,45 +361,14 @@ class Intake:
                 f"too busy ({self.sessions.used} sessions): dropping requests, clients will "
                 f"retransmit (latest: {req.op.label} {req.shown_target} from {req.address})"
             )
-            return self._quiet("busy", None, now, text)
+            return self.lines.quiet(DropReason.BUSY, None, now, text)
         address, port = req.callback
         text = (
             f"{self.sessions.per_key} sessions already call back {address} port {port}: "
             f"{req.op.label} {req.shown_target} dropped until one ends"
         )
-        return self._quiet("callback-busy", req.callback, now, text)
-
-    def _quiet(
-        self, reason: str, source: Hashable, now: float, why: str, level: int = logging.WARNING
-    ) -> Drop:
-        n = self.per_source.hit((reason, source), now)
-        if n is None:
-            return Drop(reason)
-        more = f" ({n} more since the last report)" if n else ""
-        return Drop(reason, why + more, level)
-
-    def _per_request_drop(self, req: FenceRequest, now: float, reason: str, why: str) -> Drop:
-        """Logged and recorded once per request, not once per retransmit."""
-        if self.per_request.hit((reason, request_key(req)), now) is None:
-            return Drop(reason)
-        text = f"{req.op.label} {req.shown_target} from {req.address} dropped without answer: {why}"
-        return Drop(reason, text, logging.WARNING, why, record=True)
+        return self.lines.quiet(DropReason.CALLBACK_BUSY, req.callback, now, text)
 
     def summaries(self, now: float) -> list[str]:
         """Counts of repeats that were kept quiet, owed once their interval has passed."""
-        self.per_request.due(now)  # only forgets: one line per request is enough
-        lines = []
-        for key, n in self.per_source.due(now):
-            assert isinstance(key, tuple)
-            reason, source = key
-            where = _source(source)
-            lines.append(f"{reason}: {n} more from {where} in the last {FLOOD_INTERVAL:g} s")
-        return lines
-
-
-def _source(source: object) -> str:
-    if source is None:
-        return "all senders"
-    if isinstance(source, tuple):
-        return f"{source[0]} port {source[1]}"
-    return str(source)
+        return self.lines.summaries(now)

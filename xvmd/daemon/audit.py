@@ -278,14 +278,6 @@ class AuditLog:
                 os.close(self._fd)
 
 
-def now_fields() -> dict[str, Any]:
-    t = time.time()
-    return {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z",
-        "epoch": round(t, 3),
-    }
-
-
 POWER_OPS = frozenset(op.label for op in Op if op.is_power_action)
 _EPOCH = re.compile(rb'"epoch":([0-9.]+)[,}]')  # the terminator: a torn epoch is no epoch
 _NOT_HANDLED = frozenset({"dropped"})  # refused before any connection was made

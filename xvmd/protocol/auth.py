@@ -24,8 +24,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
+from xvmd.protocol.drops import DropReason
 from xvmd.protocol.wire import (
     CHALLENGE_SIZE,
     HASH_OFFSET,
@@ -56,9 +57,9 @@ def _extension_pad(key_len: int, code: int) -> bytes | None:
 
 
 class Rejected(ValueError):
-    """A request failed verification; ``reason`` is a short stable tag for counters and logs."""
+    """A request failed verification; ``reason`` names its drop counter."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: DropReason, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
 
@@ -142,10 +143,15 @@ def sign_request(unsigned: bytes, hashtype: HashType, key: Key) -> bytes:
     return body + key.digest(hashtype, body + _ZERO_HASH)
 
 
-_ACCEPTED_UNSIGNED: tuple[Key | None, str | None] = (None, None)
+Verdict: TypeAlias = tuple[Key | None, DropReason | None]
+"""``check_datagram``'s answer: ``(key, None)`` accepted, ``(None, reason)`` rejected."""
+
+# An unsigned request proves no key, whatever is loaded: never "the first key". Which key may
+# answer its challenge, and so whose scope it gets, is decided in ``xvmd.core.intake``.
+_ACCEPTED_UNSIGNED: Verdict = (None, None)
 
 
-def check_datagram(data: bytes, minimum: int, keys: Sequence[Key]) -> tuple[Key | None, str | None]:
+def check_datagram(data: bytes, minimum: int, keys: Sequence[Key]) -> Verdict:
     """The reject path for raw 176-byte datagrams: hash type, then one digest per key.
 
     Works on the bytes as received (no parsing, no copies of the packet), because most of
@@ -154,7 +160,7 @@ def check_datagram(data: bytes, minimum: int, keys: Sequence[Key]) -> tuple[Key 
     Returns:
         ``(key, None)`` when accepted, with the key whose signature matched (None for an
         unsigned request under minimum NONE: no key is proven, the caller decides which key
-        may answer its challenge), or ``(None, reason)`` with a reason tag when rejected.
+        may answer its challenge), or ``(None, reason)`` when rejected.
     """
     hashtype = data[1]
     if hashtype > 3:
@@ -177,21 +183,23 @@ def check_datagram(data: bytes, minimum: int, keys: Sequence[Key]) -> tuple[Key 
         ctx = ctx.copy()
         ctx.update(message)
         if hmac.compare_digest(ctx.digest(), got) and padding_ok:
-            return (None, "forged") if key.extended(hashtype, message) else (key, None)
+            return _REJECT_FORGED if key.extended(hashtype, message) else (key, None)
     return _REJECT_SIGNATURE if tried else _REJECT_NO_KEY
 
 
-_REJECT_HASHTYPE: tuple[Key | None, str | None] = (None, "hashtype")
-_REJECT_WEAK: tuple[Key | None, str | None] = (None, "weak-hash")
-_REJECT_NO_KEY: tuple[Key | None, str | None] = (None, "no-key")
-_REJECT_SIGNATURE: tuple[Key | None, str | None] = (None, "bad-signature")
+# Prebuilt: the reject path allocates nothing per forged packet.
+_REJECT_HASHTYPE: Verdict = (None, DropReason.HASHTYPE)
+_REJECT_WEAK: Verdict = (None, DropReason.WEAK_HASH)
+_REJECT_NO_KEY: Verdict = (None, DropReason.NO_KEY)
+_REJECT_SIGNATURE: Verdict = (None, DropReason.BAD_SIGNATURE)
+_REJECT_FORGED: Verdict = (None, DropReason.FORGED)
 
 _DETAILS = {
-    "hashtype": "unknown hash type",
-    "weak-hash": "hash is weaker than the configured minimum",
-    "no-key": "signed request but no key is loaded",
-    "bad-signature": "signature matches no configured key",
-    "forged": "signature made by length extension of a challenge answer (an attack)",
+    DropReason.HASHTYPE: "unknown hash type",
+    DropReason.WEAK_HASH: "hash is weaker than the configured minimum",
+    DropReason.NO_KEY: "signed request but no key is loaded",
+    DropReason.BAD_SIGNATURE: "signature matches no configured key",
+    DropReason.FORGED: "signature made by length extension of a challenge answer (an attack)",
 }
 
 
@@ -207,7 +215,7 @@ def verify_request(req: FenceRequest, minimum: HashType, keys: Sequence[Key]) ->
     """
     key, reason = check_datagram(req.raw, minimum, keys)
     if reason is not None:
-        if reason == "weak-hash":
+        if reason is DropReason.WEAK_HASH:
             raise Rejected(
                 reason,
                 f"hash {req.hashtype.label} is weaker than the configured minimum {minimum.label}",

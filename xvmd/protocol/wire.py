@@ -29,6 +29,8 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from xvmd.protocol.drops import DropReason
+
 REQUEST_SIZE = 176
 DOMAIN_SIZE = 64
 ADDRESS_SIZE = 28
@@ -127,9 +129,9 @@ _RESULT_LABELS = {
 
 
 class MalformedRequest(ValueError):
-    """The bytes are not a request we can act on; ``reason`` is a short stable tag for counters."""
+    """The bytes are not a request we can act on; ``reason`` names its drop counter."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: DropReason, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
 
@@ -191,20 +193,22 @@ def parse_request(data: bytes) -> FenceRequest:
         MalformedRequest: wrong size, unknown op, hash type or address family.
     """
     if len(data) != REQUEST_SIZE:
-        raise MalformedRequest("size", f"request is {len(data)} bytes, expected {REQUEST_SIZE}")
+        raise MalformedRequest(
+            DropReason.SIZE, f"request is {len(data)} bytes, expected {REQUEST_SIZE}"
+        )
     op_b, hash_b, addrlen, flags, domain, address, port, rnd, seqno, family = _HEAD.unpack_from(
         data
     )
     try:
         op = Op(op_b)
     except ValueError:
-        raise MalformedRequest("op", f"unknown request code {op_b}") from None
+        raise MalformedRequest(DropReason.OP, f"unknown request code {op_b}") from None
     try:
         hashtype = HashType(hash_b)
     except ValueError:
-        raise MalformedRequest("hashtype", f"unknown hash type {hash_b}") from None
+        raise MalformedRequest(DropReason.HASHTYPE, f"unknown hash type {hash_b}") from None
     if family not in (0, AF_INET_WIRE, AF_INET6_WIRE):
-        raise MalformedRequest("family", f"unknown address family {family}")
+        raise MalformedRequest(DropReason.FAMILY, f"unknown address family {family}")
     return FenceRequest(
         op=op,
         hashtype=hashtype,
