@@ -66,8 +66,19 @@ class SourceLines:
         self._starts = array("Q")
         self._offsets = array("Q")
         self._stops = array("Q")
-        if _MAYBE_MULTILINE.search(data):
+        self._scanned = _MAYBE_MULTILINE.search(data) is not None
+        if self._scanned:
             self._scan()
+
+    @property
+    def scanned(self) -> bool:
+        """Whether the bytes were scanned: only a file that may have a tag spanning lines is."""
+        return self._scanned
+
+    @property
+    def spanning(self) -> int:
+        """How many start tags span lines."""
+        return len(self._ends)
 
     def _scan(self) -> None:
         data, line, pos = self._data, 1, 0

@@ -151,8 +151,8 @@ def test_history_stays_bounded_safe_and_live(
                 # Only a pending entry pushed out by max_entries newer ones loses its alternates.
                 assert len(f.news_after[k]) >= max_entries
                 queued.clear()
-        assert len(h._pending) <= max_entries
-        assert len(h._recorded) <= max_entries
+        assert h.pending <= max_entries
+        assert h.recorded <= max_entries
         assert len(h) <= 3 * max_entries
 
 

@@ -1,7 +1,9 @@
 """BackendRunner: per-domain serialisation, cross-domain parallelism and deadlines.
 
-Each test runs its own event loop with ``asyncio.run``; the fake backend's ``delay`` makes calls
-really block a worker thread, so the timings below are real but short.
+Each test runs its own event loop with ``asyncio.run``. Calls that must block a worker thread
+wait on a gate the test opens (``GatedBackend``), so what runs when is decided by events; the
+only waits left are the deadlines under test, and short ``delay``s where a slow call is itself
+the behaviour (an overlap would have to show).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from typing import TypeVar
 
 import pytest
 
+from tests.unit.fakes import until
 from xvmd.backend import DomainInfo, DomainState
 from xvmd.backend.fake import FakeBackend
 from xvmd.core.executor import POWER_BUDGET, QUERY_BUDGET, BackendRunner
-from xvmd.core.operations import Clock, Outcome
+from xvmd.core.operations import Clock
 from xvmd.protocol.wire import HostRecord, Op, Result
 
 T = TypeVar("T")
@@ -33,13 +36,13 @@ class TracingBackend(FakeBackend):
 
     def __init__(self, domains: list[DomainInfo]) -> None:
         super().__init__(domains)
-        self._trace_lock = threading.Lock()
+        self.trace_lock = threading.Lock()
         self.active = 0
         self.max_active = 0
         self.intervals: list[tuple[str, str, float, float]] = []
 
-    def _traced(self, name: str, uuid: str, fn: Callable[[str], T]) -> T:
-        with self._trace_lock:
+    def traced(self, name: str, uuid: str, fn: Callable[[str], T]) -> T:
+        with self.trace_lock:
             self.active += 1
             self.max_active = max(self.max_active, self.active)
         start = time.monotonic()
@@ -47,32 +50,67 @@ class TracingBackend(FakeBackend):
             return fn(uuid)
         finally:
             end = time.monotonic()
-            with self._trace_lock:
+            with self.trace_lock:
                 self.active -= 1
                 self.intervals.append((name, uuid, start, end))
 
     def state(self, uuid: str) -> DomainInfo | None:
-        return self._traced("state", uuid, super().state)
+        return self.traced("state", uuid, super().state)
 
     def destroy(self, uuid: str) -> None:
-        self._traced("destroy", uuid, super().destroy)
+        self.traced("destroy", uuid, super().destroy)
 
     def start(self, uuid: str) -> None:
-        self._traced("start", uuid, super().start)
+        self.traced("start", uuid, super().start)
 
     def resume(self, uuid: str) -> None:
-        self._traced("resume", uuid, super().resume)
+        self.traced("resume", uuid, super().resume)
+
+
+class GatedBackend(TracingBackend):
+    """``gated`` calls say they started, then block their worker until ``gate`` is opened."""
+
+    def __init__(self, domains: list[DomainInfo], gated: str) -> None:
+        super().__init__(domains)
+        self.gated = gated
+        self.started = threading.Event()
+        self.gate = threading.Event()
+
+    def hold(self, name: str) -> None:
+        if name == self.gated:
+            self.started.set()
+            assert self.gate.wait(5), "the test never opened the gate"
+
+    def lookup(self, target: str, *, exact: bool = False, uuid_only: bool = False) -> DomainInfo:
+        self.hold("lookup")
+        return super().lookup(target, exact=exact, uuid_only=uuid_only)
+
+    def destroy(self, uuid: str) -> None:
+        self.hold("destroy")
+        super().destroy(uuid)
+
+    def lookups(self, target: str) -> int:
+        return self.calls.count(("lookup", target))
+
+
+async def started(backend: GatedBackend) -> None:
+    """Until the gated call is under way in its worker."""
+    assert await asyncio.to_thread(backend.started.wait, 5)
 
 
 def domains() -> list[DomainInfo]:
     return [DomainInfo("a", UUID_A, S.RUNNING), DomainInfo("b", UUID_B, S.RUNNING)]
 
 
-def run_with(backend: FakeBackend, scenario: Callable[[BackendRunner], Awaitable[None]]) -> None:
+def run_with(
+    backend: FakeBackend,
+    scenario: Callable[[BackendRunner], Awaitable[None]],
+    workers: int = 8,
+) -> None:
     """Run ``scenario(runner)`` (a coroutine function) on a fresh loop and pool."""
 
     async def main() -> None:
-        runner = BackendRunner(backend, REAL_CLOCK, workers=8)
+        runner = BackendRunner(backend, REAL_CLOCK, workers=workers)
         try:
             await scenario(runner)
         finally:
@@ -114,61 +152,61 @@ def test_basic_operations() -> None:
             HostRecord("b", UUID_B, 1),
         ]
         assert await runner.check_connection(deadline) is True
-        assert runner._locks == {}  # no per-domain lock outlives its users
+        assert runner.held_domains == frozenset()  # no per-domain lock outlives its users
 
     run_with(backend, scenario)
     assert backend.state(UUID_A) is not None
 
 
 def test_slow_domain_does_not_delay_another() -> None:
-    backend = FakeBackend(domains())
-    backend.delay["destroy"] = 0.6
-    finished: dict[str, float] = {}
+    backend = GatedBackend(domains(), gated="destroy")
 
     async def scenario(runner: BackendRunner) -> None:
         loop = asyncio.get_running_loop()
-        t0 = loop.time()
-
-        async def job(name: str, op: Op, target: str) -> Outcome:
-            out = await runner.fence(op, target, loop.time() + 5)
-            finished[name] = loop.time() - t0
-            return out
-
-        slow = asyncio.create_task(job("A", Op.OFF, "a"))
-        await asyncio.sleep(0.05)  # A's destroy is under way in a worker
-        fast = await job("B", Op.STATUS, "b")
+        slow = asyncio.create_task(runner.fence(Op.OFF, "a", loop.time() + 5))
+        await started(backend)  # A's destroy holds a worker
+        fast = await runner.fence(Op.STATUS, "b", loop.time() + 5)
         assert fast.result is Result.SUCCESS
-        assert not slow.done()
+        assert not slow.done()  # B was answered while A was still blocked
+        backend.gate.set()
         assert (await slow).result is Result.SUCCESS
 
     run_with(backend, scenario)
-    assert finished["B"] < finished["A"]
-    assert finished["B"] < 0.35
-    assert finished["A"] >= 0.55
+
+
+class MeetingBackend(FakeBackend):
+    """Each destroy waits until a second one is running too: serialised, they never meet."""
+
+    def __init__(self, domains: list[DomainInfo]) -> None:
+        super().__init__(domains)
+        self.meeting = threading.Barrier(2, timeout=2.0)
+
+    def destroy(self, uuid: str) -> None:
+        self.meeting.wait()  # BrokenBarrierError, and a failed test, unless both run at once
+        super().destroy(uuid)
 
 
 def test_different_domains_run_in_parallel() -> None:
-    backend = TracingBackend(domains())
-    backend.delay["destroy"] = 0.4
+    backend = MeetingBackend(domains())
 
     async def scenario(runner: BackendRunner) -> None:
         loop = asyncio.get_running_loop()
-        t0 = loop.time()
         outs = await asyncio.gather(
             runner.fence(Op.OFF, "a", loop.time() + 5),
             runner.fence(Op.OFF, "b", loop.time() + 5),
         )
         assert [o.result for o in outs] == [Result.SUCCESS, Result.SUCCESS]
-        assert loop.time() - t0 < 0.75  # serialised it would take at least 0.8 s
 
     run_with(backend, scenario)
-    assert backend.max_active >= 2
+    assert not backend.meeting.broken
+    assert sorted(arg for call, arg in backend.calls if call == "destroy") == [UUID_A, UUID_B]
 
 
 def test_same_domain_operations_do_not_overlap() -> None:
     backend = TracingBackend(domains())
-    backend.delay["destroy"] = 0.2
-    backend.delay["start"] = 0.1
+    # Slow calls are the behaviour here: were the runner to let them overlap, it would show.
+    backend.delay["destroy"] = 0.05
+    backend.delay["start"] = 0.05
 
     async def scenario(runner: BackendRunner) -> None:
         loop = asyncio.get_running_loop()
@@ -178,7 +216,7 @@ def test_same_domain_operations_do_not_overlap() -> None:
             runner.fence(Op.REBOOT, UUID_A, loop.time() + 5),
         )
         assert [o.result for o in outs] == [Result.SUCCESS] * 3
-        assert runner._locks == {}
+        assert runner.held_domains == frozenset()
 
     run_with(backend, scenario)
     assert backend.max_active == 1
@@ -191,15 +229,17 @@ def test_same_domain_operations_do_not_overlap() -> None:
 
 
 def test_same_domain_runs_in_arrival_order() -> None:
-    backend = TracingBackend(domains())
-    backend.delay["destroy"] = 0.3
+    backend = GatedBackend(domains(), gated="destroy")
 
     async def scenario(runner: BackendRunner) -> None:
         loop = asyncio.get_running_loop()
         first = asyncio.create_task(runner.fence(Op.OFF, "a", loop.time() + 5))
-        await asyncio.sleep(0.1)  # "off" holds the domain now
-        second = await runner.fence(Op.ON, "a", loop.time() + 5)
-        assert second.result is Result.SUCCESS
+        await started(backend)  # "off" holds the domain now
+        second = asyncio.create_task(runner.fence(Op.ON, "a", loop.time() + 5))
+        await until(lambda: backend.lookups("a") == 2)  # "on" resolved the name: it waits
+        assert not second.done()
+        backend.gate.set()
+        assert (await second).result is Result.SUCCESS
         assert first.done()
         assert (await first).result is Result.SUCCESS
 
@@ -211,16 +251,16 @@ def test_same_domain_runs_in_arrival_order() -> None:
 
 
 def test_hung_call_fails_promptly_and_keeps_domain_locked() -> None:
-    backend = FakeBackend(domains())
-    backend.delay["destroy"] = 0.8
+    backend = GatedBackend(domains(), gated="destroy")
 
     async def scenario(runner: BackendRunner) -> None:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        hung = await runner.fence(Op.OFF, "a", t0 + 0.15)
+        hung = await runner.fence(Op.OFF, "a", t0 + 0.15)  # the deadline under test
         assert hung.result is Result.FAIL
         assert "continues" in hung.detail
         assert loop.time() - t0 < 0.5
+        assert runner.held_domains == {UUID_A}
 
         # The worker is still inside destroy: a second operation on A may not start.
         blocked = await runner.fence(Op.ON, "a", loop.time() + 0.15)
@@ -232,33 +272,36 @@ def test_hung_call_fails_promptly_and_keeps_domain_locked() -> None:
         # Another domain is not affected.
         other = await runner.fence(Op.STATUS, "b", loop.time() + 1)
         assert other.result is Result.SUCCESS
-        assert loop.time() - t0 < 0.7
 
         # A patient power action waits for the hung worker to finish, then sees what it did:
         # the domain is off already, so it is not destroyed a second time.
-        after = await runner.fence(Op.OFF, "a", loop.time() + 5)
-        assert loop.time() - t0 >= 0.75
-        assert after.result is Result.SUCCESS
+        after = asyncio.create_task(runner.fence(Op.OFF, "a", loop.time() + 5))
+        await until(lambda: backend.lookups("a") == 3)
+        assert not after.done()
+        backend.gate.set()
+        assert (await after).result is Result.SUCCESS
         assert [c for c in backend.calls if c[0] == "destroy"] == [("destroy", UUID_A)]
         assert (await runner.fence(Op.STATUS, "a", loop.time() + 1)).result is Result.OFF
-        assert runner._locks == {}
+        assert runner.held_domains == frozenset()
 
     run_with(backend, scenario)
 
 
 def test_hung_lookup_hits_the_deadline() -> None:
-    backend = FakeBackend(domains())
-    backend.delay["lookup"] = 0.5
+    backend = GatedBackend(domains(), gated="lookup")
 
     async def scenario(runner: BackendRunner) -> None:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        out = await runner.fence(Op.STATUS, "a", t0 + 0.1)
+        out = await runner.fence(Op.STATUS, "a", t0 + 0.1)  # the deadline under test
         assert out.result is Result.FAIL
         assert loop.time() - t0 < 0.4
-        await asyncio.sleep(0.5)  # let the worker finish before the loop closes
+        # Let the hung worker finish before the loop closes: with one worker, this check
+        # runs only after it, and its result arrives after the lookup's.
+        backend.gate.set()
+        assert await runner.check_connection(loop.time() + 5) is True
 
-    run_with(backend, scenario)
+    run_with(backend, scenario, workers=1)
 
 
 def test_backend_unavailable() -> None:
@@ -296,7 +339,7 @@ def test_backend_lost_after_lookup() -> None:
         loop = asyncio.get_running_loop()
         out = await runner.fence(Op.OFF, "a", loop.time() + 5)
         assert out.result is Result.FAIL
-        assert runner._locks == {}
+        assert runner.held_domains == frozenset()
 
     run_with(backend, scenario)
 

@@ -141,9 +141,9 @@ def test_due_forgets_silent_keys() -> None:
     t.hit("b", 0.0)
     t.hit("b", 1.0)
     assert t.due(60.0) == [("b", 1)]
-    assert list(t._keys) == ["b"]  # "a" was silent a whole interval: forgotten
+    assert t.remembered == ("b",)  # "a" was silent a whole interval: forgotten
     assert t.due(120.0) == []
-    assert len(t._keys) == 0
+    assert not t.remembered  # both forgotten now
     assert t.hit("a", 120.5) == 0  # reported at once again
 
 
@@ -151,7 +151,7 @@ def test_max_keys_bound_forgets_the_oldest() -> None:
     t = Throttle(interval=60.0, max_keys=3)
     for k in "abcd":
         assert t.hit(k, 0.0) == 0
-    assert len(t._keys) == 3
+    assert t.remembered == ("b", "c", "d")  # "a", the oldest, went first
     assert t.hit("d", 1.0) is None  # newest kept
     assert t.hit("a", 1.0) == 0  # oldest was evicted: reported again
 
@@ -160,7 +160,7 @@ def test_memory_is_bounded_under_a_flood_of_sources() -> None:
     t = Throttle(interval=60.0, max_keys=100)
     for n in range(10_000):
         t.hit(("reason", f"198.51.100.{n}"), n * 1e-3)
-        assert len(t._keys) <= 100
+        assert len(t.remembered) <= 100
     owed = t.due(1e6)
     assert owed == []  # nobody repeated
-    assert len(t._keys) == 0
+    assert t.remembered == ()

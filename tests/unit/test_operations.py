@@ -157,8 +157,8 @@ class RacingShutdownBackend(FakeBackend):
     """destroy fails because the guest shut itself down at the same moment."""
 
     def destroy(self, uuid: str) -> None:
-        self._set(uuid, S.SHUTOFF)
-        raise BackendError("domain is not running")
+        super().destroy(uuid)  # the guest is off (a persistent domain stays defined)...
+        raise BackendError("domain is not running")  # ...and libvirt reports a failure
 
 
 def test_off_when_destroy_raises_but_domain_is_off(manual_clock: ManualClock) -> None:

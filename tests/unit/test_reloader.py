@@ -7,69 +7,81 @@ import asyncio
 import os
 import shutil
 import threading
-import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import ccs
+import ccs.source
 from ccs.watch import Watcher, hops
 from tests.support.harness import FIXTURES
-from xvmd.daemon import reloader
+from tests.unit.fakes import NotifySocket
 from xvmd.daemon.reloader import Reloader, in_daemon_thread, quiet_period
 
 
-def test_debounce_waits_for_quiet_not_for_the_first_event() -> None:
-    async def scenario() -> tuple[float, float]:
+class VirtualTime:
+    """The debounce's clock and sleep: time moves only when it sleeps, and ``events`` (file
+    events at virtual times) set the wake-up event as the sleep passes them."""
+
+    def __init__(self, wake: asyncio.Event, events: Iterable[float]) -> None:
+        self.wake = wake
+        self.now = 0.0
+        self.events = sorted(events)
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        end = self.now + seconds
+        while self.events and self.events[0] <= end:
+            self.events.pop(0)
+            self.wake.set()
+        self.now = end
+        await asyncio.sleep(0)
+
+
+def debounce(events: Iterable[float], quiet: float, longest: float) -> float:
+    """When ``quiet_period`` returns, given file events at ``events`` (the first at 0)."""
+
+    async def scenario() -> float:
         wake = asyncio.Event()
-        loop = asyncio.get_running_loop()
+        wake.set()  # the event that started the reload
+        vt = VirtualTime(wake, events)
+        await quiet_period(wake, quiet, longest, now=vt.clock, sleep=vt.sleep)
+        return vt.now
 
-        async def keep_writing() -> float:
-            last = loop.time()
-            for _ in range(8):  # an event every 40 ms: never 100 ms of quiet
-                wake.set()
-                last = loop.time()
-                await asyncio.sleep(0.04)
-            return last
+    return asyncio.run(scenario())
 
-        wake.set()
-        writer = asyncio.create_task(keep_writing())
-        await quiet_period(wake, quiet=0.1, longest=5.0)
-        return await writer, loop.time()
 
-    last_event, returned = asyncio.run(scenario())
+def test_debounce_waits_for_quiet_not_for_the_first_event() -> None:
+    # An event every 40 ms up to 280 ms: never 100 ms of quiet until then.
+    returned = debounce([0.04 * n for n in range(1, 8)], quiet=0.1, longest=5.0)
     # "0.1 s after the first event" would have returned while the events were still coming.
-    assert returned >= last_event + 0.09
+    assert 0.28 + 0.1 <= returned <= 0.28 + 0.2
+
+
+def test_debounce_without_further_events_waits_one_quiet_period() -> None:
+    assert debounce([], quiet=0.1, longest=5.0) == pytest.approx(0.1)
 
 
 def test_debounce_gives_up_waiting_at_the_cap() -> None:
-    async def scenario() -> float:
-        wake = asyncio.Event()
-        stop = False
-
-        async def never_quiet() -> None:
-            while not stop:
-                wake.set()
-                await asyncio.sleep(0.01)
-
-        task = asyncio.create_task(never_quiet())
-        t0 = time.monotonic()
-        await quiet_period(wake, quiet=0.1, longest=0.3)
-        took = time.monotonic() - t0
-        stop = True
-        await task
-        return took
-
-    took = asyncio.run(scenario())
-    assert 0.25 <= took < 3.0
+    never_quiet = [0.01 * n for n in range(1, 1000)]
+    assert debounce(never_quiet, quiet=0.1, longest=0.3) == pytest.approx(0.3)
 
 
 def test_a_load_that_never_returns_does_not_hold_up_the_loop_or_the_exit() -> None:
+    running = threading.Event()
     release = threading.Event()
 
+    def hangs() -> None:
+        running.set()
+        release.wait()
+
     async def scenario() -> bool:
-        fut = in_daemon_thread(release.wait)
-        await asyncio.sleep(0.05)
+        fut = in_daemon_thread(hangs)
+        assert await asyncio.to_thread(running.wait, 5)
         return fut.done()
 
     # asyncio.run() waits for the default executor's threads at exit; ours must not be one.
@@ -107,20 +119,22 @@ def _no_dns(names: object) -> dict[str, tuple[str, ...]]:
     return {}
 
 
-async def _wait_for(check: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            pytest.fail("condition not met in time")
-        await asyncio.sleep(0.02)
+@pytest.fixture
+def notify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NotifySocket]:
+    """The reloader tells systemd READY after every reload, taken or not: the test waits on
+    that instead of polling."""
+    sock = NotifySocket(str(tmp_path / "notify"))
+    monkeypatch.setenv("NOTIFY_SOCKET", sock.address)
+    yield sock
+    sock.close()
 
 
 def test_an_exception_in_one_reload_does_not_end_live_reload(
-    deployment: Path, monkeypatch: pytest.MonkeyPatch
+    deployment: Path, monkeypatch: pytest.MonkeyPatch, notify: NotifySocket
 ) -> None:
-    monkeypatch.setattr(reloader.ccs.source, "resolve", _no_dns)
-    first = ccs.load(str(deployment), None)
-    assert first.snapshot is not None
+    monkeypatch.setattr(ccs.source, "resolve", _no_dns)
+    snap = ccs.load(str(deployment), None).snapshot
+    assert snap is not None
     real_load = ccs.load
     calls: list[int] = []
 
@@ -130,18 +144,20 @@ def test_an_exception_in_one_reload_does_not_end_live_reload(
             raise RuntimeError("the parser fell over")
         return real_load(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(reloader.ccs, "load", flaky_load)
+    monkeypatch.setattr(ccs, "load", flaky_load)
     applied: list[int] = []
 
-    async def scenario() -> dict[str, object]:
-        r = Reloader(str(deployment), None, first.snapshot, lambda s: applied.append(s.version))
+    async def scenario() -> dict[str, Any]:
+        r = Reloader(str(deployment), None, snap, lambda s: applied.append(s.version))
         r.start()
         try:
             r.trigger()
-            await _wait_for(lambda: r.failures == 1)
+            await notify.next("READY")
+            assert (r.failures, applied) == (1, [])
             text = deployment.read_text().replace('config_version="7"', 'config_version="8"')
             deployment.write_text(text)  # the watch still works, and so does the loop
-            await _wait_for(lambda: applied == [8])
+            await notify.next("STATUS", "config_version 8")
+            assert applied == [8]
             return r.status()
         finally:
             await r.stop()
@@ -153,25 +169,25 @@ def test_an_exception_in_one_reload_does_not_end_live_reload(
 
 
 def test_a_rejected_reload_is_counted_with_its_first_problem(
-    deployment: Path, monkeypatch: pytest.MonkeyPatch
+    deployment: Path, monkeypatch: pytest.MonkeyPatch, notify: NotifySocket
 ) -> None:
-    monkeypatch.setattr(reloader.ccs.source, "resolve", _no_dns)
-    first = ccs.load(str(deployment), None)
-    assert first.snapshot is not None
+    monkeypatch.setattr(ccs.source, "resolve", _no_dns)
+    snap = ccs.load(str(deployment), None).snapshot
+    assert snap is not None
 
-    async def scenario() -> dict[str, object]:
-        r = Reloader(str(deployment), None, first.snapshot, lambda s: None)
+    async def scenario() -> dict[str, Any]:
+        r = Reloader(str(deployment), None, snap, lambda s: None)
         r.start()
         try:
             deployment.write_text(deployment.read_text().replace("</cluster>", ""))
-            await _wait_for(lambda: r.failures >= 1)
+            await notify.next("READY")  # whatever the reload read of the file was broken
             return r.status()
         finally:
             await r.stop()
 
     status = asyncio.run(scenario())
     assert "xml-syntax" in str(status["last_problem"])
-    assert status["reloads"] == 0
+    assert status["failures"] >= 1 and status["reloads"] == 0
 
 
 def test_hops_follow_a_chain_of_symlinks(tmp_path: Path) -> None:
@@ -200,9 +216,8 @@ def test_an_edit_of_a_symlinks_target_is_seen(tmp_path: Path, edit: str) -> None
     seen = threading.Event()
     w = Watcher(lambda _path: seen.set())
     w.watch([str(link)])
-    w.start()
+    w.start()  # the inotify watches exist once start() returns (watchdog adds them first)
     try:
-        time.sleep(0.1)
         if edit == "in place":
             target.write_text("two")
         else:

@@ -1,4 +1,4 @@
-"""The libvirt backend: one long-lived connection, re-opened when it is lost.
+"""The libvirt backend: a small pool of long-lived connections, each re-opened when it is lost.
 
 Rules:
 1. The only module that imports ``libvirt``; every ``libvirtError`` leaves as a ``BackendError``.

@@ -70,6 +70,11 @@ class BackendRunner:
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="backend")
         self._locks: dict[str, _DomainLock] = {}
 
+    @property
+    def held_domains(self) -> frozenset[str]:
+        """UUIDs of the domains whose lock is held or awaited right now (empty when idle)."""
+        return frozenset(self._locks)
+
     def budget_for(self, op: Op) -> float:
         return POWER_BUDGET if op.is_power_action else QUERY_BUDGET
 

@@ -98,6 +98,11 @@ class Throttle:
         self.max_keys = max_keys
         self._keys: OrderedDict[Hashable, _Quiet] = OrderedDict()
 
+    @property
+    def remembered(self) -> tuple[Hashable, ...]:
+        """The keys it keeps a record of, least recently reported first (bounded by max_keys)."""
+        return tuple(self._keys)
+
     def hit(self, key: Hashable, now: float) -> int | None:
         """None: stay quiet. A number: report now; it is how many were kept quiet before."""
         entry = self._keys.get(key)

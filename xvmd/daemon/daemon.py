@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import errno
 import logging
 import os
 import signal
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from ccs.load import Snapshot
@@ -30,62 +30,21 @@ from xvmd.daemon.keys import KeyFileError, load_key
 from xvmd.daemon.reloader import Reloader
 from xvmd.daemon.settings import ListenAddress, Settings
 from xvmd.daemon.shutdown import CLOSE_TIMEOUT, close_within
+from xvmd.daemon.sockets import StartupError, bind_error, open_sockets
 from xvmd.net import tcp, udp
-from xvmd.net.iface import InterfaceError, LinkWatcher, interface_index
+from xvmd.net.iface import LinkEvent, LinkFollower, LinkWatcher
 from xvmd.protocol.history import key_of
 from xvmd.protocol.wire import Op
 from xvmd.quorum import QuorumSource
 
 log = logging.getLogger("xvmd")
 
+__all__ = ["DRAIN_TIMEOUT", "Daemon", "StartupError", "open_sockets"]
+
 RECONNECT_INTERVAL = 5.0
 STATS_INTERVAL = 60.0
 DRAIN_TIMEOUT = 10.0
 """Seconds a stop waits for requests in flight (systemd's TimeoutStopSec is 30)."""
-
-
-class StartupError(Exception):
-    """The daemon cannot start; the message tells the operator why."""
-
-
-def _bind_error(what: str, exc: OSError) -> StartupError:
-    if exc.errno == errno.EADDRINUSE:
-        return StartupError(
-            f"{what}: address already in use (is fence_virtd or another xvmd running?)"
-        )
-    if exc.errno == errno.ENODEV:
-        return StartupError(
-            f"{what}: no interface to join the group on (no multicast route); name one with -I"
-        )
-    if exc.errno == errno.EACCES:
-        return StartupError(f"{what}: permission denied")
-    return StartupError(f"{what}: {exc.strerror or exc}")
-
-
-def open_sockets(settings: Settings) -> list[tuple[ListenAddress, socket.socket]]:
-    """Bind every multicast listener. Raises StartupError."""
-    try:
-        ifindex = interface_index(settings.interface) if settings.interface else 0
-    except InterfaceError as exc:
-        raise StartupError(str(exc)) from None
-    required, optional = settings.listeners()
-    where = f" on {settings.interface}" if settings.interface else ""
-    opened: list[tuple[ListenAddress, socket.socket]] = []
-    try:
-        for lst in required + optional:
-            what = f"UDP {lst.group} port {lst.port}{where}"
-            try:
-                opened.append((lst, udp.open_multicast_socket(lst.group, lst.port, ifindex)))
-            except OSError as exc:
-                if lst in optional and exc.errno != errno.EADDRINUSE:
-                    log.warning("not listening on %s: %s", what, exc.strerror or exc)
-                    continue
-                raise _bind_error(what, exc) from None
-    except StartupError:
-        for _, sock in opened:
-            sock.close()
-        raise
-    return opened
 
 
 class Daemon:
@@ -96,6 +55,7 @@ class Daemon:
         backend: Backend,
         snapshot: Snapshot | None = None,
         quorum: QuorumSource | None = None,
+        links: Callable[[LinkEvent], LinkFollower] = LinkWatcher,
     ) -> None:
         self.settings = settings
         self.policy = policy
@@ -110,7 +70,8 @@ class Daemon:
         self._servers: list[asyncio.Server] = []
         self._service: FenceService | None = None
         self._sockets: list[tuple[ListenAddress, socket.socket]] = []
-        self._links: LinkWatcher | None = None
+        self._follow_links = links  # netlink in production; tests pass a stand-in
+        self._links: LinkFollower | None = None
         self._reloader: Reloader | None = None
         self._audit: AuditLog | None = None
 
@@ -153,7 +114,7 @@ class Daemon:
             try:
                 self._servers.append(await tcp.start_listener(host, port, service.stream_client))
             except OSError as exc:
-                raise _bind_error(f"TCP {host} port {port}", exc) from None
+                raise bind_error(f"TCP {host} port {port}", exc) from None
             self.where.append(f"TCP {host} port {port}")
         if self.settings.control:
             try:
@@ -243,7 +204,7 @@ class Daemon:
         def link_event(name: str, index: int, exists: bool, up: bool) -> None:
             loop.call_soon_threadsafe(self._on_link, name, index, exists, up)
 
-        self._links = LinkWatcher(link_event)
+        self._links = self._follow_links(link_event)
         self._links.start()
         log.info(
             "xvmd ready: %s on %s; hash >= %s, auth %s; backend %s; %s",

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import ccs
@@ -68,14 +68,22 @@ def in_daemon_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
     return fut
 
 
-async def quiet_period(wake: asyncio.Event, quiet: float, longest: float) -> None:
-    """Return once ``wake`` stayed unset for ``quiet`` seconds, or ``longest`` seconds passed."""
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + longest
+async def quiet_period(
+    wake: asyncio.Event,
+    quiet: float,
+    longest: float,
+    *,
+    now: Callable[[], float] | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Return once ``wake`` stayed unset for ``quiet`` seconds, or ``longest`` seconds passed.
+    ``now`` and ``sleep`` default to the event loop's clock (a test passes its own)."""
+    clock = now or asyncio.get_running_loop().time
+    give_up = clock() + longest
     while True:
         wake.clear()
-        await asyncio.sleep(max(0.0, min(quiet, give_up - loop.time())))
-        if not wake.is_set() or loop.time() >= give_up:
+        await sleep(max(0.0, min(quiet, give_up - clock())))
+        if not wake.is_set() or clock() >= give_up:
             wake.clear()
             return
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Protocol
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import RTMGRP_LINK
@@ -36,6 +37,14 @@ def interface_index(name: str) -> int:
 
 LinkEvent = Callable[[str, int, bool, bool], None]
 """(name, index, exists, up) for every link that appears, changes or goes away."""
+
+
+class LinkFollower(Protocol):
+    """What the daemon needs of a link watcher: ``LinkWatcher``, or a test's stand-in."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 class LinkWatcher:

@@ -109,6 +109,17 @@ class History:
         return len(self._done)
 
     @property
+    def pending(self) -> int:
+        """Requests whose callback is in progress (at most ``max_entries``)."""
+        return len(self._pending)
+
+    @property
+    def recorded(self) -> int:
+        """Requests whose callback reached the client within the window (at most
+        ``max_entries``)."""
+        return len(self._recorded)
+
+    @property
     def backing_off(self) -> int:
         """Requests whose callback failed a moment ago."""
         return len(self._failed)

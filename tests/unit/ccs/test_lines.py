@@ -218,6 +218,7 @@ def test_source_lines_of_every_element() -> None:
         (el.tag, lines.start(el), lines.attr(el, "x"), lines.attr(el, "y")) for el in root.iter()
     ]
     assert found == [("a", 1, 2, 1), ("b", 2, 2, 2), ("b", 2, 2, 3), ("c", 5, 5, 5)]
+    assert lines.scanned and lines.spanning == 2  # <a ...> and the second <b .../>
 
 
 def test_a_file_without_multiline_tags_is_not_scanned() -> None:
@@ -225,7 +226,7 @@ def test_a_file_without_multiline_tags_is_not_scanned() -> None:
     data = MULTILINE_DEVICE.replace("\n                 ", " ").encode()
     root = etree.fromstring(data)
     lines = SourceLines(data)
-    assert not lines._ends
+    assert not lines.scanned and lines.spanning == 0
     device = next(root.iter("fencedevice"))
     line: object = device.sourceline
     assert lines.start(device) == lines.attr(device, "hash") == line == 7
