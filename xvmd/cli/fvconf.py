@@ -50,6 +50,11 @@ class Block:
 
 def parse(text: str) -> Block:
     """Parse fence_virt.conf text into a root block. Raises FvConfError."""
+    return _tree(_tokens(text))
+
+
+def _tokens(text: str) -> list[tuple[str, str, int]]:
+    """(kind, value, line) of every word, string and punctuation mark; comments skipped."""
     tokens: list[tuple[str, str, int]] = []
     line, pos = 1, 0
     while pos < len(text):
@@ -70,6 +75,10 @@ def parse(text: str) -> Block:
         if kind == "str":
             value = value[1:-1].replace('\\"', '"')
         tokens.append((kind, value, start_line))
+    return tokens
+
+
+def _tree(tokens: list[tuple[str, str, int]]) -> Block:
     root = Block("", 0)
     stack = [root]
     i = 0
@@ -90,20 +99,24 @@ def parse(text: str) -> Block:
             stack.append(blk)
             i += 2
             continue
-        if nxt[:2] == ("punct", "="):
-            val = tokens[i + 2] if i + 2 < len(tokens) else ("eof", "", at)
-            end = tokens[i + 3] if i + 3 < len(tokens) else ("eof", "", at)
-            if val[0] != "str":
-                raise FvConfError(f"line {at}: the value of {value} must be double-quoted")
-            if end[:2] != ("punct", ";"):
-                raise FvConfError(f"line {at}: missing ';' after {value} = \"{val[1]}\"")
-            stack[-1].values.append((value, val[1], at))
-            i += 4
-            continue
-        raise FvConfError(f"line {at}: expected '{{' or '=' after {value}")
+        if nxt[:2] != ("punct", "="):
+            raise FvConfError(f"line {at}: expected '{{' or '=' after {value}")
+        stack[-1].values.append((value, _assigned(tokens, i, value, at), at))
+        i += 4
     if len(stack) > 1:
         raise FvConfError(f"line {stack[-1].line}: block {stack[-1].name} is never closed")
     return root
+
+
+def _assigned(tokens: list[tuple[str, str, int]], i: int, name: str, at: int) -> str:
+    """The value of ``name = "value";`` starting at token ``i``."""
+    val = tokens[i + 2] if i + 2 < len(tokens) else ("eof", "", at)
+    end = tokens[i + 3] if i + 3 < len(tokens) else ("eof", "", at)
+    if val[0] != "str":
+        raise FvConfError(f"line {at}: the value of {name} must be double-quoted")
+    if end[:2] != ("punct", ";"):
+        raise FvConfError(f"line {at}: missing ';' after {name} = \"{val[1]}\"")
+    return val[1]
 
 
 @dataclass
@@ -126,101 +139,114 @@ _MULTICAST_FLAGS = (
 
 
 def convert(root: Block) -> Migration:
-    options = ["--local", "--no-ccs"]
-    notes = [
-        "fence_virtd never checks quorum: --local keeps that behaviour; to fence only while "
-        "the hosts' corosync partition is quorate, describe the guests in cluster.conf and "
-        "drop --local --no-ccs (docs/cluster-mode.md)",
-    ]
-    dropped: list[str] = []
+    m = Migration(
+        ["--local", "--no-ccs"],
+        [
+            "fence_virtd never checks quorum: --local keeps that behaviour; to fence only while "
+            "the hosts' corosync partition is quorate, describe the guests in cluster.conf and "
+            "drop --local --no-ccs (docs/cluster-mode.md)",
+        ],
+        [],
+    )
     daemon = root.block("fence_virtd") or Block("fence_virtd", 0)
     listener = daemon.get("listener") or "multicast"
     backend = daemon.get("backend") or "libvirt"
     listeners = root.block("listeners") or Block("listeners", 0)
     backends = root.block("backends") or Block("backends", 0)
-
-    lst = listeners.block(listener)
+    lst = listeners.block(listener) or Block(listener, 0)
     if listener == "multicast":
-        lst = lst or Block("multicast", 0)
-        for key, flag in _MULTICAST_FLAGS:
-            value = lst.get(key)
-            if value is not None:
-                options += [flag, value]
-        family = lst.get("family")
-        if family:
-            options += ["-i", family]
-        for key in ("hash", "auth"):
-            value = lst.get(key)
-            if value:
-                options += [f"--{key}", value]
-        if lst.get("key_file") is None:
-            notes.append("no key_file: fence_virtd used /etc/cluster/fence_xvm.key, so does xvmd")
+        _multicast(lst, m)
     elif listener == "tcp":
-        lst = lst or Block("tcp", 0)
-        addr = lst.get("address") or "127.0.0.1"
-        port = lst.get("port") or "1229"
-        host = f"[{addr}]" if ":" in addr else addr
-        options += ["--tcp", f"{host}:{port}"]
-        if lst.get("key_file"):
-            options += ["-k", lst.get("key_file") or ""]
-        # fence_virtd stores the tcp listener's auth= in the hash minimum (a known bug): follow
-        # what it did, so the same clients keep working.
-        auth = lst.get("auth")
-        hash_min = auth or lst.get("hash")
-        if hash_min:
-            options += ["--hash", hash_min]
-        if auth:
-            notes.append(
-                f'tcp listener auth = "{auth}" acted as the hash minimum in fence_virtd (a '
-                "known bug); carried over as --hash, and --auth stays sha256 as it was"
-            )
-        notes.append("xvmd still listens for multicast as well; block UDP to the port if unused")
+        _tcp(lst, m)
     else:
-        dropped.append(
+        m.dropped.append(
             f'listener "{listener}": xvmd serves multicast and tcp (fence_xvm and fence_virt '
             "-T); serial and vsock channels are not supported"
         )
+    _backend(backend, backends.block(backend) or Block(backend, 0), m)
+    _groups(root.block("groups"), m)
+    _daemon(daemon, m)
+    return m
 
+
+def _multicast(lst: Block, m: Migration) -> None:
+    for key, flag in _MULTICAST_FLAGS:
+        value = lst.get(key)
+        if value is not None:
+            m.options += [flag, value]
+    family = lst.get("family")
+    if family:
+        m.options += ["-i", family]
+    for key in ("hash", "auth"):
+        value = lst.get(key)
+        if value:
+            m.options += [f"--{key}", value]
+    if lst.get("key_file") is None:
+        m.notes.append("no key_file: fence_virtd used /etc/cluster/fence_xvm.key, so does xvmd")
+
+
+def _tcp(lst: Block, m: Migration) -> None:
+    addr = lst.get("address") or "127.0.0.1"
+    port = lst.get("port") or "1229"
+    host = f"[{addr}]" if ":" in addr else addr
+    m.options += ["--tcp", f"{host}:{port}"]
+    if lst.get("key_file"):
+        m.options += ["-k", lst.get("key_file") or ""]
+    # fence_virtd stores the tcp listener's auth= in the hash minimum (a known bug): follow
+    # what it did, so the same clients keep working.
+    auth = lst.get("auth")
+    hash_min = auth or lst.get("hash")
+    if hash_min:
+        m.options += ["--hash", hash_min]
+    if auth:
+        m.notes.append(
+            f'tcp listener auth = "{auth}" acted as the hash minimum in fence_virtd (a '
+            "known bug); carried over as --hash, and --auth stays sha256 as it was"
+        )
+    m.notes.append("xvmd still listens for multicast as well; block UDP to the port if unused")
+
+
+def _backend(backend: str, bk: Block, m: Migration) -> None:
     if backend == "libvirt":
-        bk = backends.block("libvirt") or Block("libvirt", 0)
         uris = [v for k, v, _ in bk.values if re.fullmatch(r"uri\d*", k)]
         if uris:
-            options += ["-U", uris[0]]
+            m.options += ["-U", uris[0]]
         if len(uris) > 1:
-            dropped.append(
+            m.dropped.append(
                 f"extra libvirt URIs {', '.join(uris[1:])}: xvmd uses one hypervisor "
                 "connection; run one xvmd per hypervisor"
             )
-    else:
-        bk = backends.block(backend) or Block(backend, 0)
-        uri = bk.get("uri")
-        if uri:
-            options += ["-U", uri]
-        dropped.append(
-            f'backend "{backend}": xvmd has no cpg backend. Its cluster mode replaces it: the '
-            "hosts run corosync, each host fences only its own VMs and only while quorate, and "
-            "an unknown VM is never assumed dead"
+        return
+    uri = bk.get("uri")
+    if uri:
+        m.options += ["-U", uri]
+    m.dropped.append(
+        f'backend "{backend}": xvmd has no cpg backend. Its cluster mode replaces it: the '
+        "hosts run corosync, each host fences only its own VMs and only while quorate, and "
+        "an unknown VM is never assumed dead"
+    )
+
+
+def _groups(groups: Block | None, m: Migration) -> None:
+    for g in groups.blocks if groups is not None else []:
+        name = g.get("name") or "(unnamed)"
+        m.dropped.append(
+            f"group {name}: requesters {', '.join(g.all('ip')) or 'none'} may fence "
+            f"{', '.join(g.all('uuid') + g.all('name')[1:]) or 'nothing'} -- express this "
+            "in cluster.conf instead (nodes with their addresses as <altname>, their VMs "
+            "as port=), which xvmd enforces per request"
         )
 
-    groups = root.block("groups")
-    if groups is not None and groups.blocks:
-        for g in groups.blocks:
-            name = g.get("name") or "(unnamed)"
-            dropped.append(
-                f"group {name}: requesters {', '.join(g.all('ip')) or 'none'} may fence "
-                f"{', '.join(g.all('uuid') + g.all('name')[1:]) or 'nothing'} -- express this "
-                "in cluster.conf instead (nodes with their addresses as <altname>, their VMs "
-                "as port=), which xvmd enforces per request"
-            )
+
+def _daemon(daemon: Block, m: Migration) -> None:
     for key in ("module_path", "foreground", "wait_for_init", "wait_for_backend"):
         if daemon.get(key) is not None:
-            notes.append(
+            m.notes.append(
                 f"{key}: not needed by xvmd (no plugins; runs in the foreground; "
                 "starts without waiting for libvirt and reconnects by itself)"
             )
     debug = daemon.get("debug")
     if debug and debug.isdigit() and int(debug) > 0:
-        options.append("-d")
+        m.options.append("-d")
     if daemon.get("name_mode"):
-        dropped.append("name_mode: a cpg setting; xvmd accepts names and UUIDs alike")
-    return Migration(options, notes, dropped)
+        m.dropped.append("name_mode: a cpg setting; xvmd accepts names and UUIDs alike")
