@@ -428,14 +428,6 @@ class _Answer(socketserver.BaseRequestHandler):
 
 
 @pytest.fixture
-def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "run"
-    path.mkdir()
-    monkeypatch.setenv(paths.RUN_DIR_ENV, str(path))
-    return path
-
-
-@pytest.fixture
 def daemons(run_dir: Path) -> Iterator[Callable[[str, dict[str, object]], None]]:
     """Real control sockets in run_dir, answering with the given status document."""
     servers: list[socketserver.UnixStreamServer] = []

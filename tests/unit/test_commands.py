@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from xvmd.backend.fake import FakeBackend
 from xvmd.cli import audit as audit_cmd
 from xvmd.core.policy import Policy
 from xvmd.core.records import now_fields
-from xvmd.daemon import paths
 from xvmd.daemon.audit import AuditLog
 from xvmd.daemon.daemon import Daemon
 from xvmd.daemon.settings import Settings
@@ -35,24 +33,7 @@ from xvmd.protocol.auth import Key
 from xvmd.quorum import QuorumStatus
 
 KEY = Key(os.urandom(64))
-
-
-@pytest.fixture(autouse=True)
-def notify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NotifySocket]:
-    sock = NotifySocket(str(tmp_path / "notify"))
-    monkeypatch.setenv("NOTIFY_SOCKET", sock.address)
-    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
-    yield sock
-    sock.close()
-
-
-@pytest.fixture
-def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Where ``xvmd status`` looks for daemons when not told which."""
-    path = tmp_path / "run"
-    path.mkdir()
-    monkeypatch.setenv(paths.RUN_DIR_ENV, str(path))
-    return path
+pytestmark = pytest.mark.usefixtures("notify")  # every test runs as under systemd
 
 
 def xvmd(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -19,7 +19,6 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +56,7 @@ from xvmd.protocol.auth import Key
 from xvmd.protocol.wire import CHALLENGE_SIZE, HashType, Op, Result
 
 KEY = Key(os.urandom(64))
+pytestmark = pytest.mark.usefixtures("notify")  # every test runs as under systemd
 UUID = "00000000-0000-4000-8000-000000000001"
 GROUP = LISTENER_GROUP
 # Every key of the status document; `xvmd status` renders each of them.
@@ -133,15 +133,6 @@ def probe(monkeypatch: pytest.MonkeyPatch) -> Probe:
     monkeypatch.setattr(daemon_module, "FenceService", Service)
     monkeypatch.setattr(daemon_module, "AuditLog", Audit)
     return p
-
-
-@pytest.fixture(autouse=True)
-def notify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NotifySocket]:
-    sock = NotifySocket(str(tmp_path / "notify"))
-    monkeypatch.setenv("NOTIFY_SOCKET", sock.address)
-    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
-    yield sock
-    sock.close()
 
 
 # -- helpers ---------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import asyncio
 import os
 import shutil
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -117,16 +117,6 @@ def deployment(tmp_path: Path) -> Path:
 
 def _no_dns(names: object) -> dict[str, tuple[str, ...]]:
     return {}
-
-
-@pytest.fixture
-def notify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NotifySocket]:
-    """The reloader tells systemd READY after every reload, taken or not: the test waits on
-    that instead of polling."""
-    sock = NotifySocket(str(tmp_path / "notify"))
-    monkeypatch.setenv("NOTIFY_SOCKET", sock.address)
-    yield sock
-    sock.close()
 
 
 def test_an_exception_in_one_reload_does_not_end_live_reload(
