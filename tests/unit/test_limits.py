@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from xvmd.core.limits import Quota, Throttle, Ticket
+from xvmd.core.limits import Full, Quota, Throttle, Ticket
 
 CB_A = ("192.0.2.1", 1229)
 CB_B = ("192.0.2.2", 1229)
@@ -21,8 +21,8 @@ def test_quota_total_cap_says_full() -> None:
     q = Quota(total=3, per_key=10)
     held = [ticket(q, ("192.0.2.1", port)) for port in range(3)]
     assert q.used == 3
-    assert q.take(("192.0.2.9", 1)) == "full"
-    assert q.take(("192.0.2.1", 0)) == "full"  # the total is checked first
+    assert q.take(("192.0.2.9", 1)) is Full.TOTAL
+    assert q.take(("192.0.2.1", 0)) is Full.TOTAL  # the total is checked first
     held[0].release()
     assert isinstance(q.take(("192.0.2.9", 1)), Ticket)
 
@@ -31,7 +31,7 @@ def test_quota_per_key_cap_says_key_full() -> None:
     q = Quota(total=10, per_key=2)
     ticket(q, CB_A)
     ticket(q, CB_A)
-    assert q.take(CB_A) == "key-full"
+    assert q.take(CB_A) is Full.KEY
     assert q.holding(CB_A) == 2
     assert isinstance(q.take(CB_B), Ticket)  # another key still has room
     assert q.used == 3
@@ -41,12 +41,12 @@ def test_refusals_hold_nothing() -> None:
     q = Quota(total=2, per_key=1)
     ticket(q, CB_A)
     for _ in range(100):
-        assert q.take(CB_A) == "key-full"
+        assert q.take(CB_A) is Full.KEY
     assert q.used == 1
     assert q.holding(CB_A) == 1
     ticket(q, CB_B)
     for _ in range(100):
-        assert q.take("x") == "full"
+        assert q.take("x") is Full.TOTAL
     assert q.used == 2
     assert q.holding("x") == 0
 
@@ -54,7 +54,7 @@ def test_refusals_hold_nothing() -> None:
 def test_release_frees_the_place() -> None:
     q = Quota(total=1, per_key=1)
     t = ticket(q, CB_A)
-    assert q.take(CB_A) == "full"
+    assert q.take(CB_A) is Full.TOTAL
     t.release()
     assert q.used == 0
     assert q.holding(CB_A) == 0
@@ -72,7 +72,7 @@ def test_double_release_frees_one_place_only() -> None:
     assert q.holding(CB_A) == 2
     assert q.used == 2
     ticket(q, CB_A)
-    assert q.take(CB_A) == "key-full"
+    assert q.take(CB_A) is Full.KEY
 
 
 def test_holding_counts_per_key() -> None:
@@ -89,7 +89,7 @@ def test_holding_counts_per_key() -> None:
 def test_releasing_everything_returns_to_empty() -> None:
     q = Quota(total=50, per_key=4)
     tickets = [ticket(q, (f"192.0.2.{n % 13}", 1)) for n in range(50)]
-    assert q.take("late") == "full"
+    assert q.take("late") is Full.TOTAL
     for t in reversed(tickets):
         t.release()
         t.release()

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from xvmd.core.addresses import callback_problem, sender
 from xvmd.core.droplog import KEPT, Drop, DropLines
-from xvmd.core.limits import Limits, Quota, Ticket
+from xvmd.core.limits import Full, Limits, Quota, Ticket
 from xvmd.core.policy import Gate, Policy, Refused, quorum_gate
 from xvmd.protocol.auth import Key
 from xvmd.protocol.drops import DropReason
@@ -151,7 +151,7 @@ class Intake:
         if admission is not Admission.NEW:
             return self._not_new(req, admission, now, address)
         ticket = self.sessions.take(req.callback)
-        if isinstance(ticket, str):
+        if isinstance(ticket, Full):
             self.history.forget(req)  # not handled: the client's retransmit is welcome
             return self._busy(req, ticket, now)
         return Proceed(keys.session, keys.scope, ticket, owner)
@@ -200,7 +200,7 @@ class Intake:
         ticket = self.streams.take(peer)
         if isinstance(ticket, Ticket):
             return ticket
-        if ticket == "full":
+        if ticket is Full.TOTAL:
             reason = DropReason.LISTENER_BUSY
             why = f"TCP listener full ({self.streams.used} clients)"
         else:
@@ -354,9 +354,9 @@ class Intake:
         )
         return Drop(DropReason.DUPLICATE, why, logging.INFO if first else logging.DEBUG)
 
-    def _busy(self, req: FenceRequest, why: str, now: float) -> Drop:
+    def _busy(self, req: FenceRequest, why: Full, now: float) -> Drop:
         assert req.callback is not None
-        if why == "full":
+        if why is Full.TOTAL:
             text = (
                 f"too busy ({self.sessions.used} sessions): dropping requests, clients will "
                 f"retransmit (latest: {req.op.label} {req.shown_target} from {req.address})"

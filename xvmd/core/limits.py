@@ -7,6 +7,7 @@ Rules:
 
 from __future__ import annotations
 
+import enum
 from collections import Counter, OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -23,6 +24,13 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+
+
+class Full(enum.Enum):
+    """Why a Quota gave no ticket."""
+
+    TOTAL = "full"  # every place is taken
+    KEY = "key-full"  # every place this key may hold is taken
 
 
 class Quota:
@@ -42,12 +50,12 @@ class Quota:
     def used(self) -> int:
         return self._used
 
-    def take(self, key: Hashable) -> Ticket | str:
-        """A ticket to give back when done; otherwise why not ("full" or "key-full")."""
+    def take(self, key: Hashable) -> Ticket | Full:
+        """A ticket to give back when done; otherwise why not."""
         if self._used >= self.total:
-            return "full"
+            return Full.TOTAL
         if self._held[key] >= self.per_key:
-            return "key-full"
+            return Full.KEY
         self._held[key] += 1
         self._used += 1
         return Ticket(self, key)
