@@ -94,7 +94,7 @@ def test_pure_modules_do_no_io(module: Path) -> None:
 @pytest.mark.parametrize(
     ("library", "owners"),
     [
-        ("libvirt", {"xvmd/backend/libvirt.py"}),
+        ("libvirt", {"xvmd/backend/libvirt.py", "xvmd/backend/libvirt_events.py"}),
         ("pyroute2", {"xvmd/net/iface.py"}),
         ("watchdog", {"ccs/watch.py"}),
         ("ctypes", {"xvmd/quorum/binding.py"}),

@@ -2,16 +2,20 @@
 
 Rules:
 1. Implementations are synchronous and may block; the daemon calls them from worker threads only.
-2. Only ``backend/libvirt.py`` imports libvirt. Foreign exceptions become ``BackendError``s at the
-   boundary, so everything above speaks one error language.
+2. Only ``backend/libvirt.py`` (and its ``libvirt_events.py``) import libvirt. Foreign exceptions
+   become ``BackendError``s at the boundary, so everything above speaks one error language.
 3. Fencing semantics (what "off" means, how long to wait) live in ``xvmd.core.operations``,
    not here.
+4. ``watch`` and ``unwatch`` block like every other call (run them in the worker pool); the
+   ``changed`` callback they take comes from any thread and must only hand the news on (e.g.
+   ``loop.call_soon_threadsafe``), never call back into the backend.
 """
 
 from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -128,5 +132,21 @@ class Backend(Protocol):
     def check_connection(self) -> bool:
         """Re-open a lost connection if needed; True when connected. Never raises."""
 
+    def watch(self, changed: Callable[[], None]) -> bool:
+        """From now on call ``changed()`` whenever a domain may have changed (defined, undefined,
+        started, stopped, crashed, suspended, resumed, migrated, pmsuspended), and once after
+        events may have been missed (a lost event connection re-opened by ``check_connection``).
+
+        ``changed`` runs in a thread of the backend's (not the caller's loop), must return at
+        once and may be called in bursts: the caller marshals it onto its loop and coalesces.
+        A second ``watch`` replaces the callback. Returns False when the hypervisor cannot
+        deliver events: the caller then polls ``list_domains`` (at least every 2 s). One that
+        is unreachable right now is not "cannot": True, and ``check_connection`` subscribes
+        (and calls ``changed`` once) when it is back. Blocks; never raises.
+        """
+
+    def unwatch(self) -> None:
+        """Stop calling ``changed``: not called again once this returns. Idempotent; blocks."""
+
     def close(self) -> None:
-        """Drop the connection."""
+        """Drop the connection (and stop watching)."""

@@ -1,13 +1,16 @@
 """An in-memory backend for unit tests of the fencing semantics and the daemon shell.
 
 It models just enough of libvirt: persistent and transient domains, the states fencing cares
-about, injectable failures and delays. Real behaviour is proven against libvirt's test driver.
+about, injectable failures and delays, and change events (``watch``: every call that changes a
+domain tells the watcher afterwards, in the calling thread; ``events=False`` is a hypervisor
+without events). Real behaviour is proven against libvirt's test driver.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from xvmd.backend import (
@@ -30,8 +33,10 @@ class FakeDomain:
 class FakeBackend:
     description = "fake"
 
-    def __init__(self, domains: list[DomainInfo] | None = None) -> None:
+    def __init__(self, domains: list[DomainInfo] | None = None, *, events: bool = True) -> None:
         self._lock = threading.Lock()
+        self.events = events
+        self._changed: Callable[[], None] | None = None
         self._domains = {d.uuid: FakeDomain(d) for d in (domains or [])}
         self.available = True
         self.fail: dict[str, str] = {}  # primitive name -> error message
@@ -61,6 +66,36 @@ class FakeBackend:
     def _set(self, uuid: str, state: DomainState) -> None:
         dom = self._get(uuid)
         dom.info = replace(dom.info, state=state)
+
+    def _notify(self) -> None:
+        # After the change and outside the lock, as LibvirtBackend does.
+        with self._lock:
+            changed = self._changed
+        if changed is not None:
+            changed()
+
+    # -- test helpers: the hypervisor changes behind the daemon's back ---------------------------
+
+    def add_domain(self, info: DomainInfo) -> None:
+        """Define (or replace) a domain."""
+        with self._lock:
+            self._domains[info.uuid] = FakeDomain(info)
+        self._notify()
+
+    def remove_domain(self, uuid: str) -> None:
+        """Undefine a domain (or a transient one goes away)."""
+        with self._lock:
+            self._get(uuid)
+            del self._domains[uuid]
+        self._notify()
+
+    def set_state(self, uuid: str, state: DomainState) -> None:
+        """The domain changes state by itself (a crash, a guest shutdown, a pause)."""
+        with self._lock:
+            self._set(uuid, state)
+        self._notify()
+
+    # -- the Backend calls --------------------------------------------------------------------
 
     def ping(self) -> None:
         self._enter("ping")
@@ -112,6 +147,7 @@ class FakeBackend:
                 self._set(uuid, DomainState.SHUTOFF)
             else:
                 del self._domains[uuid]
+        self._notify()
 
     def start(self, uuid: str) -> None:
         self._enter("start", uuid)
@@ -119,11 +155,13 @@ class FakeBackend:
             if self._get(uuid).info.state is not DomainState.SHUTOFF:
                 raise BackendError("domain is already running")
             self._set(uuid, DomainState.RUNNING)
+        self._notify()
 
     def resume(self, uuid: str) -> None:
         self._enter("resume", uuid)
         with self._lock:
             self._set(uuid, DomainState.RUNNING)
+        self._notify()
 
     def definition(self, uuid: str) -> str:
         self._enter("definition", uuid)
@@ -138,9 +176,19 @@ class FakeBackend:
         with self._lock:
             info = self._saved[xml]
             self._domains[info.uuid] = FakeDomain(replace(info, state=DomainState.RUNNING))
+        self._notify()
 
     def check_connection(self) -> bool:
         return self.available
 
+    def watch(self, changed: Callable[[], None]) -> bool:
+        with self._lock:
+            self._changed = changed if self.events else None
+        return self.events
+
+    def unwatch(self) -> None:
+        with self._lock:
+            self._changed = None
+
     def close(self) -> None:
-        return None
+        self.unwatch()

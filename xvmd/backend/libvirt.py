@@ -1,12 +1,15 @@
 """The libvirt backend: a small pool of long-lived connections, each re-opened when it is lost.
 
 Rules:
-1. The only module that imports ``libvirt``; every ``libvirtError`` leaves as a ``BackendError``.
+1. With ``libvirt_events``, the only importer of ``libvirt``; every ``libvirtError`` leaves as
+   a ``BackendError``.
 2. Long-lived connections, not one per call (reconnecting per request is slow): a small
    pool, so concurrent calls never queue behind each other on one connection, except for
    the in-process ``test:///`` driver, which keeps its domains' state in its one connection.
 3. A call that fails because the connection died drops it; the next call (or the daemon's
    background check) opens a new one. Calls never wait for libvirtd to come back.
+4. Domain events (``watch``) live in ``libvirt_events``, on a connection of their own; the
+   event implementation is registered before this class opens its first connection.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from xvmd.backend import (
     exact_match,
     is_uuid,
 )
+from xvmd.backend.libvirt_events import LifecycleWatch, alive, ensure_event_loop
 
 log = logging.getLogger("xvmd.libvirt")
 T = TypeVar("T")
@@ -116,6 +120,12 @@ class LibvirtBackend:
         self._idle: list[Any] = []
         self._all: list[Any] = []
         self.last_error: str | None = None
+        # Before any open: a connection opened without it never delivers events.
+        ensure_event_loop()
+        if self._shared:
+            self._events = LifecycleWatch(self._borrow, self._is_shared, dedicated=False)
+        else:
+            self._events = LifecycleWatch(lambda: self._open(self.uri), alive, dedicated=True)
 
     # -- connection management --------------------------------------------------------------
 
@@ -149,6 +159,10 @@ class LibvirtBackend:
             finally:
                 self._lock.release()
         return self._new_connection()
+
+    def _is_shared(self, conn: Any) -> bool:
+        with self._lock:
+            return bool(self._all) and self._all[0] is conn
 
     def _give_back(self, conn: Any) -> None:
         with self._lock:
@@ -195,7 +209,8 @@ class LibvirtBackend:
         raise AssertionError("unreachable")
 
     def check_connection(self) -> bool:
-        """Ping (reconnecting if needed) and keep the spare connections open."""
+        """Ping (reconnecting if needed), keep the spare connections open, and re-open a lost
+        event connection (telling the watcher once: events may have been missed)."""
         try:
             self.ping()
             with self._lock:
@@ -204,9 +219,17 @@ class LibvirtBackend:
                 self._give_back(self._new_connection())
         except BackendError:
             return False
+        self._events.check()
         return True
 
+    def watch(self, changed: Callable[[], None]) -> bool:
+        return self._events.start(changed)
+
+    def unwatch(self) -> None:
+        self._events.stop()
+
     def close(self) -> None:
+        self._events.stop()  # first: the shared connection must still be open to deregister
         with self._lock:
             conns = list(self._all)
             self._all.clear()
