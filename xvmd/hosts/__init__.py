@@ -1,0 +1,2 @@
+"""The host cluster: xvmd daemons on several hypervisors sharing where every VM is, over
+corosync CPG."""
