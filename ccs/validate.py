@@ -108,6 +108,21 @@ def vm_for(node: ClusterNode, ref: DeviceRef) -> str:
     return node.name
 
 
+def cluster_vms(cluster: Cluster) -> frozenset[str]:
+    """Every VM a fence_xvm device of the cluster fences, whichever host serves it (UUID-form
+    VMs lower case): what a host may be asked to act on for another host's device."""
+    xvm = {d.name for d in cluster.devices if d.is_xvm}
+    vms = set()
+    for node, refs in (
+        (node, [r for m in node.methods for r in m.devices]) for node in cluster.nodes
+    ):
+        for ref in refs:
+            if ref.name in xvm:
+                vm = vm_for(node, ref)
+                vms.add(vm.lower() if _UUID_FORM.fullmatch(vm) else vm)
+    return frozenset(vms)
+
+
 def _use_uuid(ref: DeviceRef, device: FenceDevice | None) -> bool:
     raw = ref.attrs.get("use_uuid") or (device.attrs.get("use_uuid") if device else None)
     return bool(raw and parse_bool(raw))

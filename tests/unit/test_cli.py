@@ -521,3 +521,32 @@ def test_status_selectors_exclude_each_other(capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit):
         status_cmd.main(["--instance", "a/b"])
     assert "instance name" in capsys.readouterr().err
+
+
+def test_render_the_host_group() -> None:
+    hosts = {
+        "group": "xvmd:guests",
+        "joined": True,
+        "node": 1,
+        "events": True,
+        "members": [
+            {"node": 1, "name": "hv1", "devices": ["xvm"], "domains": 3, "active": ["vm-a"]},
+            {"node": 2, "name": "hv2", "devices": ["xvm"], "domains": 1, "active": []},
+        ],
+        "pending": [3],
+        "departed": [{"vm": "vm-c", "uuid": "u", "node": 4}],
+        "declined": 7,
+        "recent_declined": [{"request": "status 'node2' seqno 9", "responder": 2, "why": "w"}],
+        "bad_messages": {"spoofed": 1},
+    }
+    lines = rendered(status_doc(hosts=hosts))
+    start = lines.index("host group xvmd:guests: joined as node 1 (hypervisor events)")
+    assert lines[start + 1 : start + 7] == [
+        "  host 1 hv1: xvm; 3 domains, active: vm-a",
+        "  host 2 hv2: xvm; 1 domains, active: none",
+        "  host 3: joined, has not published its domains yet",
+        "  vm-c: last seen active on host 4, which left",
+        "  answers left to other hosts: 7; bad messages: spoofed 1",
+        "    status 'node2' seqno 9 -> host 2 (w)",
+    ]
+    assert "NOT JOINED" in rendered(status_doc(hosts={**hosts, "joined": False}))[start]

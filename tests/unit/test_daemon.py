@@ -73,6 +73,7 @@ STATUS_KEYS = {
     "reload",
     "audit",
     "counters",
+    "hosts",
     "active_sessions",
     "recent",
 }

@@ -111,6 +111,33 @@ def _operations_lines(doc: dict[str, Any]) -> list[str]:
     lines = _audit_line(doc["audit"]) if "audit" in doc else []
     if doc.get("reload") is not None:
         lines.append(_reload_line(doc["reload"]))
+    return lines + _hosts_lines(doc.get("hosts"))
+
+
+def _hosts_lines(h: dict[str, Any] | None) -> list[str]:
+    """The host group: who is in it, what each serves and runs, what was left to others."""
+    if h is None:
+        return []
+    joined = f"joined as node {h.get('node')}" if h.get("joined") else "NOT JOINED"
+    events = "hypervisor events" if h.get("events") else "polling the hypervisor"
+    lines = [f"host group {h.get('group')}: {joined} ({events})"]
+    for m in h.get("members", []):
+        devices = ", ".join(m.get("devices", [])) or "no device"
+        active = ", ".join(m.get("active", [])) or "none"
+        lines.append(
+            f"  host {m.get('node')} {m.get('name')}: {devices}; {m.get('domains')} domains, "
+            f"active: {active}"
+        )
+    for node in h.get("pending", []):
+        lines.append(f"  host {node}: joined, has not published its domains yet")
+    for d in h.get("departed", []):
+        lines.append(f"  {d['vm']}: last seen active on host {d['node']}, which left")
+    bad = ", ".join(f"{k} {v}" for k, v in sorted(h.get("bad_messages", {}).items()))
+    lines.append(
+        f"  answers left to other hosts: {h.get('declined', 0)}; bad messages: {bad or 'none'}"
+    )
+    for r in h.get("recent_declined", [])[-5:]:
+        lines.append(f"    {r.get('request')} -> host {r.get('responder')} ({r.get('why')})")
     return lines
 
 

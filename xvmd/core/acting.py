@@ -12,8 +12,12 @@ from dataclasses import dataclass
 
 from xvmd.backend import BackendError
 from xvmd.core.executor import BackendRunner, OutOfTime
+from xvmd.core.hostgroup import HostGroup
 from xvmd.core.intake import Proceed
 from xvmd.core.policy import Policy, Refused
+from xvmd.core.remote import carry_out_routed
+from xvmd.hosts.decide import Route
+from xvmd.hosts.rounds import Round
 from xvmd.protocol.session import ServerSession
 from xvmd.protocol.wire import FenceRequest, Op, Result
 
@@ -28,6 +32,7 @@ class Admitted:
     who: str  # the requester: callback address or TCP peer
     started: float
     device: str | None  # the device whose scope applies (None: no cluster.conf)
+    round: Round | None = None  # multi-host: what the group decided (None: this host alone)
 
     @classmethod
     def of(
@@ -47,13 +52,23 @@ class Done:
 
 
 async def carry_out(
-    runner: BackendRunner, job: Admitted, session: ServerSession, deadline: float
+    runner: BackendRunner,
+    job: Admitted,
+    session: ServerSession,
+    deadline: float,
+    hosts: HostGroup | None = None,
 ) -> Done:
     """Carry out ``job``; the answer is queued on ``session``."""
     requester = job.policy.requester(job.who)
     if isinstance(requester, Refused):
         session.send_result(Result.PERM)
         return Done(Result.PERM, requester.reason)
+    decision = job.round.decision if job.round is not None else None
+    if hosts is not None and decision is not None and decision.route is not Route.ACT:
+        result, detail = await carry_out_routed(
+            hosts, runner, job.req, decision, job.policy, job.ok.scope_key, session, deadline
+        )
+        return Done(result, detail)
     if job.req.op is Op.HOSTLIST:
         return await _hostlist(runner, job, session, deadline)
     return await _fence(runner, job, session, deadline)

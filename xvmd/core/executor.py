@@ -88,6 +88,10 @@ class BackendRunner:
         except TimeoutError:
             raise OutOfTime() from None
 
+    async def call(self, deadline: float, fn: Callable[..., T], *args: object) -> T:
+        """Any other blocking backend call, in the pool, within ``deadline`` (OutOfTime)."""
+        return await self._run(deadline, fn, *args)
+
     async def hostlist(self, deadline: float) -> list[HostRecord]:
         """Raises OutOfTime or BackendError."""
         return await self._run(deadline, operations.host_records, self.backend)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from xvmd.core.accounting import DropAccount, Stats
 from xvmd.core.acting import Admitted, Done, carry_out
 from xvmd.core.executor import BackendRunner
+from xvmd.core.hostgroup import HostGroup
 from xvmd.core.intake import Intake
 from xvmd.core.policy import Gate, quorum_gate
 from xvmd.core.records import Recorder, RequestRecord, log_request
@@ -56,6 +57,7 @@ class Pipeline:
         self._now = now
         self._random = random_bytes
         self._quorum = quorum  # None: --local, no quorum checks
+        self.hosts: HostGroup | None = None  # multi-host: the group deciding who answers
 
     @property
     def stats(self) -> Stats:
@@ -106,7 +108,7 @@ class Pipeline:
             done = Done(Result.FAIL, why)
         else:
             with slot.acting_on(job):
-                done = await carry_out(self.runner, job, session, deadline)
+                done = await carry_out(self.runner, job, session, deadline, self.hosts)
         elapsed = (self._now() - job.started) * 1000
         record = RequestRecord(
             job.who, req, done.result, done.detail, job.device, elapsed, done.domain

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ccs.load import Snapshot
-from ccs.validate import NodeTarget, ServedDevice
+from ccs.validate import NodeTarget, ServedDevice, cluster_vms
 from xvmd.backend import DomainInfo, is_uuid
 from xvmd.protocol.auth import Key
 from xvmd.protocol.wire import HostRecord, Op
@@ -123,6 +123,9 @@ class Policy:
     cluster: str | None = None
     version: int | None = None
     requesters: Mapping[str, str] | None = None  # address -> node; None: not checked
+    # Every VM of the cluster, through any host's device (UUID-form ones lower case): what a
+    # forwarded operation may reach here. None: no cluster.conf, anything may be reached.
+    cluster_vms: frozenset[str] | None = None
 
     @classmethod
     def unrestricted(cls, keys: Sequence[Key]) -> Policy:
@@ -142,6 +145,7 @@ class Policy:
             snap.cluster.name,
             snap.version,
             snap.plan.requesters,
+            cluster_vms(snap.cluster),
         )
 
     @property
@@ -154,6 +158,12 @@ class Policy:
         if key is None:
             return self.everything
         return self.scopes.get(id(key), self.everything)
+
+    def in_cluster(self, dom: DomainInfo | None) -> bool:
+        """Whether ``dom`` is a VM of the cluster (None, no such domain: answered as usual)."""
+        if self.cluster_vms is None or dom is None:
+            return True
+        return dom.uuid.lower() in self.cluster_vms or dom.name in self.cluster_vms
 
     def requester(self, address: str | None) -> str | Refused | None:
         """The cluster node sending from ``address``; Refused when it is none; None when

@@ -12,6 +12,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -23,12 +24,15 @@ from xvmd.core.accounting import DropAccount, Stats
 from xvmd.core.acting import Admitted
 from xvmd.core.droplog import Drop
 from xvmd.core.executor import BackendRunner
+from xvmd.core.hostgroup import HostGroup, Waiting
 from xvmd.core.intake import Intake
 from xvmd.core.limits import DEFAULT_LIMITS, Limits, Ticket
 from xvmd.core.pipeline import Pipeline
-from xvmd.core.policy import Policy
+from xvmd.core.policy import Policy, Refused
 from xvmd.core.records import Recorder, Trail
-from xvmd.core.slots import SessionSlots
+from xvmd.core.slots import SessionSlots, Slot
+from xvmd.hosts.messages import Claim
+from xvmd.hosts.rounds import Round
 from xvmd.net import tcp
 from xvmd.protocol.auth import Rejected, check_datagram, verify_request
 from xvmd.protocol.drops import DropReason
@@ -62,6 +66,7 @@ class FenceService:
         random_bytes: Callable[[int], bytes] = os.urandom,
         quorum: Callable[[], QuorumStatus] | None = None,
         audit: Trail | None = None,
+        hosts: HostGroup | None = None,
     ) -> None:
         self.hashes = hashes
         self._min_hash = int(hashes.request)  # a plain int: compared once per datagram
@@ -80,6 +85,14 @@ class FenceService:
             random_bytes=random_bytes,
             quorum=quorum,
         )
+        self.hosts: HostGroup | None = None  # several hosts: the group decides who answers
+        if hosts is not None:
+            self.use_hosts(hosts)
+
+    def use_hosts(self, hosts: HostGroup) -> None:
+        """From now on the group decides who answers each multicast request."""
+        self.hosts = self.pipeline.hosts = hosts
+        hosts.serve_unclaimed = self._serve_unclaimed
 
     @property
     def stats(self) -> Stats:
@@ -118,28 +131,99 @@ class FenceService:
     # -- datagrams ------------------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, source: tuple[str, int]) -> None:
+        admitted = self._admit(data, source[0])
+        if admitted is None:
+            return
+        job, ticket = admitted
+        if self.hosts is None:
+            self.slots.spawn(ticket, functools.partial(self.pipeline.call_back, job))
+        else:
+            self._propose(self.hosts, job, ticket)
+
+    def _admit(self, data: bytes, source: str) -> tuple[Admitted, Ticket] | None:
+        """The reject path and intake: the admitted request and its session place, or None
+        (dropped and counted)."""
         if len(data) != REQUEST_SIZE:
             self.stats.drop(DropReason.SIZE)
-            return
+            return None
         policy = self.policy
         key, reason = check_datagram(data, self._min_hash, policy.keys)
         if reason is not None:
-            self._rejected(reason, source[0])
-            return
+            self._rejected(reason, source)
+            return None
         try:
             req = parse_request(data)
         except MalformedRequest as exc:
             self.stats.drop(exc.reason)
-            log.debug("dropped datagram from %s: %s", source[0], exc)
-            return
+            log.debug("dropped datagram from %s: %s", source, exc)
+            return None
         now = self._now()
         verdict = self.intake.datagram(req, key, policy, self.pipeline.quorum_status(), now)
         if isinstance(verdict, Drop):
-            self.drops.dropped(verdict, req, req.address or source[0])
-            return
+            self.drops.dropped(verdict, req, req.address or source)
+            return None
         assert req.callback is not None
-        job = Admitted.of(req, verdict, policy, req.callback[0], now)
-        self.slots.spawn(verdict.ticket, functools.partial(self.pipeline.call_back, job))
+        return Admitted.of(req, verdict, policy, req.callback[0], now), verdict.ticket
+
+    # -- several hosts: the group decides who answers ----------------------------------------
+
+    def _propose(self, hosts: HostGroup, job: Admitted, ticket: Ticket) -> None:
+        """Claim the request for the group; it is served here only if the round says so."""
+        status = self.pipeline.quorum_status()
+        if status is not None and not status.quorate:
+            # Its table may be a partition's: an inquorate host takes no part at all.
+            why = f"this host is not quorate ({status.reason}): the quorate hosts answer"
+            self._decline_locally(job, ticket, Drop(DropReason.INQUORATE, why))
+            return
+        key = job.ok.scope_key
+        if key is None:
+            why = "unsigned request: several hosts cannot agree who answers it; sign requests"
+            self._decline_locally(job, ticket, Drop(DropReason.NO_KEY, why))
+            return
+        domain, uuid_only = "", False
+        if job.req.op.needs_domain:
+            mapped = job.policy.map(key, job.req.domain)
+            if not isinstance(mapped, Refused):
+                domain, uuid_only = mapped.domain, mapped.uuid_only
+        claim = Claim(hosts.me or 0, key.id.hex(), job.req.raw, domain, uuid_only)
+        waiting = Waiting(
+            job.req,
+            ticket,
+            start=functools.partial(self._start_round, job, ticket),
+            drop=functools.partial(self._let_go, job, ticket),
+        )
+        hosts.propose(waiting, claim)
+
+    def _decline_locally(self, job: Admitted, ticket: Ticket, drop: Drop) -> None:
+        ticket.release()
+        self.intake.history.forget(job.req)
+        self.drops.dropped(drop, job.req, job.who)
+
+    def _start_round(self, job: Admitted, ticket: Ticket, opened: Round) -> None:
+        routed = dataclasses.replace(job, round=opened)
+        self.slots.spawn(ticket, functools.partial(self._serve_round, routed))
+
+    async def _serve_round(self, job: Admitted, slot: Slot[Admitted]) -> None:
+        try:
+            await self.pipeline.call_back(job, slot)
+        finally:
+            if self.hosts is not None and job.round is not None:
+                self.hosts.finish(job.round)
+
+    def _let_go(self, job: Admitted, ticket: Ticket) -> None:
+        """Another host answers (or none can be asked): a later copy may be claimed again."""
+        ticket.release()
+        self.intake.history.forget(job.req)
+
+    def _serve_unclaimed(self, opened: Round) -> None:
+        """This host answers a round another host's claim opened, without a copy of its own."""
+        admitted = self._admit(opened.claim.request, f"host {opened.claim.origin}")
+        if admitted is None:
+            if self.hosts is not None:
+                self.hosts.finish(opened)
+            return
+        job, ticket = admitted
+        self._start_round(job, ticket, opened)
 
     def _rejected(self, reason: DropReason, who: str) -> None:
         if reason is DropReason.FORGED:

@@ -26,6 +26,7 @@ from xvmd.core.policy import Policy
 from xvmd.core.service import FenceService, Hashes
 from xvmd.daemon import control, statusdoc, systemd
 from xvmd.daemon.audit import ROTATED_SUFFIX, AuditError, AuditLog, handled_power_actions
+from xvmd.daemon.grouping import GroupRuntime
 from xvmd.daemon.keys import KeyFileError, load_key
 from xvmd.daemon.reloader import Reloader
 from xvmd.daemon.settings import ListenAddress, Settings
@@ -74,6 +75,7 @@ class Daemon:
         self._links: LinkFollower | None = None
         self._reloader: Reloader | None = None
         self._audit: AuditLog | None = None
+        self._group: GroupRuntime | None = None
 
     def request_stop(self) -> None:
         if not self._stop.is_set():
@@ -163,6 +165,15 @@ class Daemon:
         )
         if audit is not None:
             _restore_replay_memory(service, audit.path, loop.time())
+        if self.quorum is not None and self.snapshot is not None:
+            # Several hosts may serve this guest cluster: they decide together who answers.
+            self._group = GroupRuntime(
+                self.snapshot.cluster.name,
+                runner,
+                policy=lambda: service.policy,
+                quorum=self.quorum.current,
+            )
+            service.use_hosts(self._group.hosts)
         return service
 
     def _install_signals(self, service: FenceService) -> None:
@@ -176,6 +187,8 @@ class Daemon:
 
         def apply(snap: Snapshot) -> None:
             service.policy = Policy.from_snapshot(snap)
+            if self._group is not None:
+                self._group.changed()  # the devices served may have changed
 
         self._reloader = Reloader(
             self.settings.config,
@@ -197,6 +210,8 @@ class Daemon:
         audit = self._audit
         if self.quorum is not None:
             await self.quorum.start()
+        if self._group is not None:
+            await self._group.start()
         await self._listen(sockets, service)
 
         # Re-created interfaces (a libvirt network restarted, a bridge rebuilt) lose their
@@ -252,6 +267,8 @@ class Daemon:
             left = await service.drain(DRAIN_TIMEOUT)
             if left:
                 log.warning("%d requests cut off at exit after %gs", left, DRAIN_TIMEOUT)
+        if self._group is not None:
+            await self._group.stop()
         if self.quorum is not None:
             await self.quorum.stop()
         runner.shutdown()
@@ -303,6 +320,7 @@ class Daemon:
                 "answered": dict(service.stats.served) if service else {},
                 "dropped": dict(service.stats.dropped) if service else {},
             },
+            "hosts": self._group.status() if self._group is not None else None,
             "active_sessions": service.active_sessions if service else 0,
             "recent": service.recent if service else [],
         }

@@ -1,0 +1,221 @@
+"""The decision rule over the group's table: one responder, always a host that can
+authenticate the client, and never "off" or "success" for a VM that may run somewhere."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xvmd.backend import DomainState
+from xvmd.hosts.decide import Decision, Route, decide
+from xvmd.hosts.messages import DeviceTag, DomainRecord, Inventory
+from xvmd.hosts.table import Table
+from xvmd.protocol.wire import Op, Result
+
+F1, F2 = "1111111111111111", "2222222222222222"
+UUIDS = {f"vm{i}": f"00000000-0000-4000-8000-{i:012d}" for i in range(6)}
+ON, OFF, PAUSED = DomainState.RUNNING, DomainState.SHUTOFF, DomainState.PAUSED
+
+
+def inv(node: int, keys: tuple[str, ...], serial: int = 1, **vms: DomainState) -> Inventory:
+    devices = tuple(DeviceTag(f"xvm{k[0]}", k) for k in keys)
+    domains = tuple(DomainRecord(name, UUIDS[name], state) for name, state in vms.items())
+    return Inventory(node, f"host{node}", serial, devices, domains)
+
+
+def table(*inventories: Inventory, members: tuple[int, ...] | None = None) -> Table:
+    t = Table()
+    t.membership(members if members is not None else [i.node for i in inventories])
+    for i in inventories:
+        t.inventory(i)
+    return t
+
+
+def ask(t: Table, op: Op, vm: str = "vm1", key: str = F1) -> Decision:
+    return decide(t, op, vm, False, key)
+
+
+# -- the rule, case by case ---------------------------------------------------------------------
+
+
+def test_shared_key_the_owner_answers_whoever_is_fastest() -> None:
+    t = table(inv(1, (F1,), vm2=ON), inv(2, (F1,), vm1=ON), inv(3, (F1,)))
+    for op in (Op.STATUS, Op.OFF, Op.REBOOT, Op.ON):
+        assert ask(t, op) == Decision(2, Route.ACT, (2,), why="active on one member")
+
+
+def test_per_host_keys_the_device_host_forwards_to_where_the_vm_runs_now() -> None:
+    t = table(inv(1, (F1,)), inv(2, (F2,), vm1=ON))  # vm1 migrated from host 1 to host 2
+    assert ask(t, Op.OFF, key=F1) == Decision(1, Route.FORWARD, (2,), why="active on one member")
+    assert ask(t, Op.OFF, key=F2).route is Route.ACT
+
+
+def test_nobody_answers_a_key_no_member_serves() -> None:
+    t = table(inv(1, (F1,), vm1=ON))
+    assert ask(t, Op.STATUS, key=F2) == Decision(
+        None, Route.NOBODY, why="no member serves a device with this key"
+    )
+
+
+def test_mid_migration_off_must_reach_every_copy() -> None:
+    t = table(inv(1, (F1,), vm1=PAUSED), inv(2, (F1,), vm1=ON), inv(3, (F1,)))
+    off = ask(t, Op.OFF)
+    assert (off.responder, off.route, off.hosts) == (1, Route.EVERYWHERE, (1, 2))
+    assert ask(t, Op.REBOOT).route is Route.EVERYWHERE
+    assert ask(t, Op.STATUS) == Decision(1, Route.ACT, (1,), why="active on several members")
+
+
+def test_mid_migration_with_owners_that_cannot_authenticate() -> None:
+    t = table(inv(1, (F2,), vm1=ON), inv(2, (F2,), vm1=ON), inv(3, (F1,)))
+    off = ask(t, Op.OFF)
+    assert (off.responder, off.route, off.hosts) == (3, Route.EVERYWHERE, (1, 2))
+    assert ask(t, Op.STATUS) == Decision(3, Route.FORWARD, (1,), why="active on several members")
+
+
+def test_a_stale_shut_off_copy_never_answers_for_the_running_one() -> None:
+    t = table(inv(1, (F1,), vm1=OFF), inv(2, (F1,), vm1=ON))
+    assert ask(t, Op.OFF).hosts == (2,)
+    assert ask(t, Op.STATUS).hosts == (2,)
+
+
+def test_shut_off_everywhere_goes_to_a_host_that_defines_it() -> None:
+    t = table(inv(1, (F1,)), inv(2, (F1,), vm1=OFF), inv(3, (F1,), vm1=OFF))
+    expected = Decision(2, Route.ACT, (2,), why="shut off; its host answers")
+    assert ask(t, Op.STATUS) == ask(t, Op.OFF) == ask(t, Op.ON) == expected
+
+
+def test_known_nowhere_is_never_assumed_dead() -> None:
+    t = table(inv(1, (F1,)), inv(2, (F1,), vm2=ON))
+    assert ask(t, Op.STATUS).result is Result.OFF
+    for op in (Op.OFF, Op.REBOOT, Op.ON):
+        d = ask(t, op)
+        assert (d.responder, d.route, d.result) == (1, Route.ANSWER, Result.FAIL)
+        assert "never assumed dead" in d.why
+
+
+def test_once_seen_then_undefined_everywhere_is_off() -> None:
+    t = table(inv(1, (F1,), vm1=OFF), inv(2, (F1,)))
+    t.inventory(inv(1, (F1,), serial=2))  # vm1 undefined on host 1
+    assert ask(t, Op.STATUS).result is Result.OFF
+    assert ask(t, Op.OFF).result is Result.SUCCESS
+    assert ask(t, Op.ON).result is Result.FAIL
+    assert ask(t, Op.REBOOT).result is Result.FAIL
+
+
+def test_a_vm_of_a_host_that_left_is_neither_off_nor_fenced() -> None:
+    t = table(inv(1, (F1,)), inv(2, (F1,), vm1=ON), inv(3, (F1,), vm1=OFF))
+    t.membership([1, 3])  # host 2 left: vm1 may still run there
+    for op in (Op.STATUS, Op.OFF, Op.REBOOT, Op.ON):
+        d = ask(t, op)
+        assert (d.route, d.result, d.hosts) == (Route.ANSWER, Result.FAIL, (2,))
+        assert "host 2" in d.why
+
+
+def test_a_host_that_rejoins_speaks_for_its_vms_only_once_it_has_published() -> None:
+    t = table(inv(1, (F1,)), inv(2, (F1,), vm1=ON))
+    t.membership([1])
+    t.membership([1, 2])
+    assert ask(t, Op.OFF).result is Result.FAIL  # not published yet: still "may run there"
+    t.inventory(inv(2, (F1,), serial=2, vm1=OFF))
+    assert ask(t, Op.OFF) == Decision(2, Route.ACT, (2,), why="shut off; its host answers")
+
+
+def test_a_copy_on_a_host_that_left_blocks_off_even_when_another_runs() -> None:
+    t = table(inv(1, (F1,), vm1=ON), inv(2, (F1,), vm1=PAUSED))
+    t.membership([1])
+    assert ask(t, Op.OFF).result is Result.FAIL
+    assert ask(t, Op.STATUS) == Decision(1, Route.ACT, (1,), why="active on one member")
+
+
+def test_a_member_that_has_not_published_blocks_what_it_could_contradict() -> None:
+    t = table(inv(1, (F1,), vm1=OFF), members=(1, 2))
+    assert ask(t, Op.STATUS).result is Result.FAIL
+    assert ask(t, Op.ON).result is Result.FAIL  # it may run on host 2: no second copy
+    t2 = table(inv(1, (F1,), vm1=ON), members=(1, 2))
+    assert ask(t2, Op.STATUS).route is Route.ACT  # it runs: true whatever host 2 holds
+    assert ask(t2, Op.OFF).result is Result.FAIL
+
+
+@pytest.mark.parametrize("op", [Op.NULL, Op.DEVSTATUS, Op.HOSTLIST])
+def test_queries_without_a_domain_are_answered_by_the_lowest_candidate(op: Op) -> None:
+    t = table(inv(3, (F1,)), inv(2, (F2,)), inv(5, (F1,)))
+    assert ask(t, op).responder == 3
+
+
+def test_by_uuid_and_uuid_only() -> None:
+    t = table(inv(1, (F1,), vm1=ON))
+    assert decide(t, Op.OFF, UUIDS["vm1"], True, F1).hosts == (1,)
+    assert decide(t, Op.OFF, UUIDS["vm1"].upper(), False, F1).hosts == (1,)
+    assert decide(t, Op.OFF, "vm1", True, F1).result is Result.FAIL  # a name is no UUID
+
+
+# -- properties over generated tables -----------------------------------------------------------
+
+NODES = [1, 2, 3, 4]
+STATES = st.sampled_from([ON, OFF, PAUSED, DomainState.CRASHED])
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> tuple[Table, dict[int, dict[str, DomainState]], set[int]]:
+    """A table after some hosts published and some left; returns it, the ground truth (every
+    host's domains, also of hosts that left), and the hosts that are members but silent."""
+    truth: dict[int, dict[str, DomainState]] = {}
+    t = Table()
+    joined = draw(st.lists(st.sampled_from(NODES), min_size=1, max_size=4, unique=True))
+    t.membership(joined)
+    for node in joined:
+        vms = draw(st.dictionaries(st.sampled_from(sorted(UUIDS)), STATES, max_size=4))
+        keys = draw(st.sampled_from([(F1,), (F2,), (F1, F2)]))
+        truth[node] = vms
+        t.inventory(inv(node, keys, **vms))
+    left = draw(st.lists(st.sampled_from(joined), max_size=2, unique=True))
+    members = [n for n in joined if n not in left]
+    t.membership(members)
+    silent: set[int] = set()
+    if draw(st.booleans()):
+        newcomer = draw(st.sampled_from(NODES))
+        if newcomer not in members:
+            t.membership([*members, newcomer])
+            silent.add(newcomer)  # joined, may run anything, has not said
+            truth[newcomer] = draw(st.dictionaries(st.sampled_from(sorted(UUIDS)), STATES))
+    return t, truth, silent
+
+
+def _may_run(vm: str, truth: dict[int, dict[str, DomainState]]) -> bool:
+    return any(vms.get(vm, OFF) is not OFF for vms in truth.values())
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    histories(),
+    st.sampled_from(list(Op)),
+    st.sampled_from(sorted(UUIDS)),
+    st.sampled_from([F1, F2]),
+)
+def test_never_off_or_fenced_while_it_may_run_and_one_responder_who_can_authenticate(
+    history: tuple[Table, dict[int, dict[str, DomainState]], set[int]],
+    op: Op,
+    vm: str,
+    key: str,
+) -> None:
+    t, truth, silent = history
+    d = decide(t, op, vm, False, key)
+    assert d == decide(t, op, vm, False, key)  # a function of the table alone
+    candidates = t.candidates(key)
+    if not candidates:
+        assert d.route is Route.NOBODY and d.responder is None
+        return
+    assert d.responder in candidates  # it can authenticate the client
+    claims_off = d.route is Route.ANSWER and (
+        d.result is Result.OFF or (d.result is Result.SUCCESS and op is Op.OFF)
+    )
+    if claims_off:
+        assert not _may_run(vm, truth), (d, truth)
+    if d.route in (Route.ACT, Route.FORWARD) and op in (Op.OFF, Op.REBOOT) and op.needs_domain:
+        # One host acts: it must be the only one that may run the VM.
+        running = {n for n, vms in truth.items() if vms.get(vm, OFF) is not OFF}
+        assert running <= set(d.hosts), (d, truth, silent)
+    if d.route is Route.EVERYWHERE:
+        running = {n for n, vms in truth.items() if vms.get(vm, OFF) is not OFF}
+        assert running <= set(d.hosts)

@@ -1,0 +1,152 @@
+"""The host group in the running daemon: the CPG group, the core's ``HostGroup`` and the
+inventory publisher, started and stopped in order, and what ``xvmd status`` shows of them.
+
+Rules:
+1. Only in cluster mode with a cluster.conf: ``--local`` and ``--no-ccs`` keep a host alone.
+2. One CPG group per guest cluster, named after it, on the hosts' own corosync.
+3. The inventory follows the hypervisor through its lifecycle events when it has them, and a
+   poll every ``POLL_INTERVAL`` seconds when it has not; each new view and each reload
+   publishes too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from xvmd.core.executor import BackendRunner, OutOfTime
+from xvmd.core.hostgroup import HostGroup
+from xvmd.core.inventory import POLL_INTERVAL, Publisher
+from xvmd.core.policy import Policy
+from xvmd.hosts.group import MAX_NAME, CpgGroup, GroupView
+from xvmd.hosts.messages import Inventory
+from xvmd.quorum import QuorumStatus
+
+log = logging.getLogger("xvmd.hosts")
+
+WATCH_BUDGET = 10.0  # seconds for registering (or dropping) the hypervisor's event callback
+
+
+def group_name(cluster: str) -> bytes:
+    """The CPG group of a guest cluster: one per cluster, so that two guest clusters served
+    by the same hosts never mix their VMs. A name longer than CPG allows is cut to a prefix
+    and a digest of the whole, so two long names still make two groups."""
+    name = f"xvmd:{cluster}".encode()
+    if len(name) <= MAX_NAME:
+        return name
+    return name[: MAX_NAME - 17] + b"#" + hashlib.sha256(name).hexdigest()[:16].encode()
+
+
+class GroupRuntime:
+    def __init__(
+        self,
+        cluster: str,
+        runner: BackendRunner,
+        *,
+        policy: Callable[[], Policy],
+        quorum: Callable[[], QuorumStatus] | None,
+        make_group: Callable[..., CpgGroup] = CpgGroup,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self.runner = runner
+        self._quorum = quorum
+        self.hosts = HostGroup(runner, policy=policy, quorum=quorum, now=loop.time)
+        self.cpg = make_group(group_name(cluster), self.hosts.on_message, self._on_view)
+        self.hosts.link = self.cpg
+        self.publisher = Publisher(
+            runner,
+            self._send_inventory,
+            node=lambda: self.cpg.local_nodeid,
+            name=self._node_name,
+            policy=policy,
+            departed=self.hosts.table.departed,
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._watching = False
+
+    def _on_view(self, view: GroupView) -> None:
+        self.hosts.on_membership(view)
+        if view.connected:
+            log.info("host group %s: members %s", self.cpg.name.decode(), list(view.members))
+            self.publisher.changed()  # a newcomer must hear everyone
+        else:
+            log.warning("host group %s: not joined; requests get no answer here", self.cpg.name)
+
+    def _send_inventory(self, inv: Inventory) -> None:
+        self.hosts.send(inv)
+
+    def _node_name(self) -> str:
+        status = self._quorum() if self._quorum is not None else None
+        me = self.cpg.local_nodeid
+        for member in status.members if status is not None else ():
+            if member.nodeid == me and member.name:
+                return member.name
+        return socket.gethostname()
+
+    def changed(self) -> None:
+        """Publish again soon (a reload, or anything that may change the inventory)."""
+        self.publisher.changed()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._watching = await self._watch(loop)
+        poll = None if self._watching else POLL_INTERVAL
+        if not self._watching:
+            log.info("hypervisor sends no domain events: reading its domains every %gs", poll)
+        self._task = asyncio.create_task(self.publisher.run(poll))
+        await self.cpg.start()
+
+    async def _watch(self, loop: asyncio.AbstractEventLoop) -> bool:
+        def changed() -> None:  # from the hypervisor's event thread
+            loop.call_soon_threadsafe(self.publisher.changed)
+
+        watch = self.runner.backend.watch
+        try:
+            ok: bool = await self.runner.call(loop.time() + WATCH_BUDGET, watch, changed)
+        except OutOfTime:
+            return False
+        return ok
+
+    async def stop(self) -> None:
+        """After the drain: leave the group, stop publishing, forget the hypervisor's events."""
+        await self.hosts.stop()
+        await self.cpg.stop()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._watching:
+            unwatch = self.runner.backend.unwatch
+            with contextlib.suppress(OutOfTime):
+                await self.runner.call(asyncio.get_running_loop().time() + 2.0, unwatch)
+
+    def status(self) -> dict[str, Any]:
+        """The group for the status document: members, each one's devices and domain count,
+        where the cluster's VMs are, and the answers left to other hosts."""
+        table = self.hosts.table
+        return {
+            "group": self.cpg.name.decode(errors="replace"),
+            "joined": self.cpg.view.connected,
+            "node": self.cpg.local_nodeid,
+            "events": self._watching,
+            "members": [
+                {
+                    "node": inv.node,
+                    "name": inv.name,
+                    "devices": [d.device for d in inv.devices],
+                    "domains": len(inv.domains),
+                    "active": sorted(d.name for d in inv.domains if d.active),
+                }
+                for inv in table.inventories()
+            ],
+            "pending": list(table.pending),
+            "departed": [{"vm": d.name, "uuid": d.uuid, "node": d.node} for d in table.departed()],
+            "declined": self.hosts.declined_total,
+            "recent_declined": list(self.hosts.declined),
+            "bad_messages": dict(self.hosts.bad),
+        }

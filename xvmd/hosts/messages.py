@@ -1,0 +1,325 @@
+"""What the hosts tell each other over CPG, as typed values and their bytes (pure).
+
+Rules:
+1. Versioned: every message is a JSON object ``{"v": VERSION, "kind": ..., ...}``; a message of
+   another version or kind is refused with a reason, never guessed at.
+2. Bounded: a message is at most ``MAX_MESSAGE`` bytes and every list and string in it has a
+   limit, checked before anything is built from it, so a peer cannot make a host hold more
+   than that.
+3. Strict: a field of the wrong type, a UUID that is not one, a node id out of range is a
+   ``BadMessage`` naming the problem; the caller drops it, counts it and logs it.
+4. No key material: a device is named with its key's fingerprint (``Key.id``), never the key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from xvmd.backend import DomainState
+from xvmd.protocol.wire import REQUEST_SIZE, Op
+
+VERSION = 1
+MAX_MESSAGE = (1 << 20) - 4096
+"""Bytes, as ``group.MAX_PAYLOAD``: an inventory of 2,000 domains takes about 200 KiB."""
+MAX_DOMAINS = 8192
+MAX_DEVICES = 256
+MAX_TEXT = 1024
+"""Bytes of UTF-8 in a name or a detail (libvirt names are far shorter)."""
+MAX_NODEID = 0xFFFFFFFF
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_FINGERPRINT = re.compile(r"[0-9a-f]{16}")
+_PACKET = re.compile(r"[0-9a-f]{32}")  # replay.fingerprint of a request, hex
+
+
+class BadMessage(ValueError):
+    """A peer's message that cannot be used; the text says why (for the log and a counter)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceTag:
+    """A fence device a host serves: its name and its key's fingerprint."""
+
+    device: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class DomainRecord:
+    name: str
+    uuid: str
+    state: DomainState
+
+    @property
+    def active(self) -> bool:
+        """Anything but shut off may be running guest code: crashed and no-state included."""
+        return self.state is not DomainState.SHUTOFF
+
+
+@dataclass(frozen=True, slots=True)
+class Departed:
+    """A VM its sender last saw active on a host that has since left the group."""
+
+    name: str
+    uuid: str
+    node: int
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    """One host's view of itself: who it is, what it serves, every domain of its hypervisor."""
+
+    node: int
+    name: str
+    serial: int  # grows with each inventory the sender publishes
+    devices: tuple[DeviceTag, ...]
+    domains: tuple[DomainRecord, ...]
+    departed: tuple[Departed, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A request a host verified and would serve: the first claim delivered for a request
+    decides who answers it, on every host alike (agreed order)."""
+
+    origin: int
+    fingerprint: str  # of the key that verified the request
+    request: bytes  # the 176 bytes as received, so the responder can serve it
+    domain: str  # the target the origin's policy mapped it to ("" for list, null, monitor)
+    uuid_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Carry out ``op`` on ``domain`` on host ``to``, for a request ``origin`` authenticated."""
+
+    ident: int  # chosen by the origin, unique among its forwards in flight
+    origin: int
+    to: int
+    op: Op
+    domain: str
+    uuid_only: bool
+    budget_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What host ``node`` did for forward ``ident`` of ``origin``."""
+
+    ident: int
+    origin: int
+    node: int
+    result: int  # the result byte the client is to get
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The responder of ``request`` (its fingerprint, hex) is done with it, however it went: a
+    retransmit of the same bytes is a new round, decided afresh."""
+
+    node: int
+    request: str
+
+
+Message = Inventory | Claim | Forward | Outcome | Done
+
+
+def encode(msg: Message) -> bytes:
+    if isinstance(msg, Inventory):
+        body: dict[str, Any] = {
+            "kind": "inventory",
+            "node": msg.node,
+            "name": msg.name,
+            "serial": msg.serial,
+            "devices": [[d.device, d.fingerprint] for d in msg.devices],
+            "domains": [[d.name, d.uuid, int(d.state)] for d in msg.domains],
+            "departed": [[d.name, d.uuid, d.node] for d in msg.departed],
+        }
+    elif isinstance(msg, Claim):
+        body = {
+            "kind": "claim",
+            "origin": msg.origin,
+            "fingerprint": msg.fingerprint,
+            "request": base64.b64encode(msg.request).decode(),
+            "domain": msg.domain,
+            "uuid_only": msg.uuid_only,
+        }
+    elif isinstance(msg, Forward):
+        body = {
+            "kind": "forward",
+            "ident": msg.ident,
+            "origin": msg.origin,
+            "to": msg.to,
+            "op": int(msg.op),
+            "domain": msg.domain,
+            "uuid_only": msg.uuid_only,
+            "budget_ms": msg.budget_ms,
+        }
+    elif isinstance(msg, Done):
+        body = {"kind": "done", "node": msg.node, "request": msg.request}
+    else:
+        body = {
+            "kind": "outcome",
+            "ident": msg.ident,
+            "origin": msg.origin,
+            "node": msg.node,
+            "result": msg.result,
+            "detail": msg.detail,
+        }
+    data = json.dumps({"v": VERSION, **body}, separators=(",", ":")).encode()
+    if len(data) > MAX_MESSAGE:
+        raise ValueError(f"{body['kind']} message of {len(data)} bytes exceeds {MAX_MESSAGE}")
+    return data
+
+
+def decode(data: bytes) -> Message:
+    """Raises BadMessage."""
+    if len(data) > MAX_MESSAGE:
+        raise BadMessage(f"{len(data)} bytes, more than {MAX_MESSAGE}")
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadMessage(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise BadMessage("not a JSON object")
+    if obj.get("v") != VERSION:
+        raise BadMessage(f"version {obj.get('v')!r}, this host speaks {VERSION}")
+    kind = obj.get("kind")
+    reader = _READERS.get(kind) if isinstance(kind, str) else None
+    if reader is None:
+        raise BadMessage(f"unknown kind {kind!r:.40}")
+    return reader(_Fields(obj))
+
+
+class _Fields:
+    """Typed access to one message's fields; every problem is a BadMessage."""
+
+    def __init__(self, obj: dict[str, Any]) -> None:
+        self.obj = obj
+
+    def get(self, key: str) -> Any:
+        if key not in self.obj:
+            raise BadMessage(f"{self.obj['kind']}: no {key}")
+        return self.obj[key]
+
+    def number(self, key: str, top: int = MAX_NODEID) -> int:
+        return _int(self.get(key), key, top)
+
+    def text(self, key: str) -> str:
+        return _text(self.get(key), key)
+
+    def flag(self, key: str) -> bool:
+        value = self.get(key)
+        if not isinstance(value, bool):
+            raise BadMessage(f"{key} is not true or false")
+        return value
+
+    def rows(self, key: str, width: int, limit: int) -> list[list[Any]]:
+        value = self.get(key)
+        if not isinstance(value, list) or len(value) > limit:
+            raise BadMessage(f"{key} is not a list of at most {limit}")
+        for row in value:
+            if not isinstance(row, list) or len(row) != width:
+                raise BadMessage(f"{key}: an entry is not a list of {width}")
+        return value
+
+
+def _int(value: Any, what: str, top: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
+        raise BadMessage(f"{what} is not an integer from 0 to {top}")
+    return value
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str) or len(value.encode()) > MAX_TEXT:
+        raise BadMessage(f"{what} is not a string of at most {MAX_TEXT} bytes")
+    return value
+
+
+def _uuid(value: Any) -> str:
+    if not isinstance(value, str) or not _UUID.fullmatch(value):
+        raise BadMessage(f"{value!r:.60} is not a lower-case UUID")
+    return value
+
+
+def _inventory(f: _Fields) -> Inventory:
+    devices = []
+    for device, fingerprint in f.rows("devices", 2, MAX_DEVICES):
+        if not isinstance(fingerprint, str) or not _FINGERPRINT.fullmatch(fingerprint):
+            raise BadMessage("a device fingerprint is not 16 hex digits")
+        devices.append(DeviceTag(_text(device, "device"), fingerprint))
+    domains = [
+        DomainRecord(_text(name, "domain name"), _uuid(uuid), DomainState.of(_int(s, "state", 7)))
+        for name, uuid, s in f.rows("domains", 3, MAX_DOMAINS)
+    ]
+    departed = [
+        Departed(_text(name, "domain name"), _uuid(uuid), _int(node, "node", MAX_NODEID))
+        for name, uuid, node in f.rows("departed", 3, MAX_DOMAINS)
+    ]
+    return Inventory(
+        f.number("node"),
+        f.text("name"),
+        f.number("serial", 2**63),
+        tuple(devices),
+        tuple(domains),
+        tuple(departed),
+    )
+
+
+def _claim(f: _Fields) -> Claim:
+    fingerprint = f.text("fingerprint")
+    if not _FINGERPRINT.fullmatch(fingerprint):
+        raise BadMessage("fingerprint is not 16 hex digits")
+    try:
+        request = base64.b64decode(f.text("request"), validate=True)
+    except binascii.Error:
+        raise BadMessage("request is not base64") from None
+    if len(request) != REQUEST_SIZE:
+        raise BadMessage(f"request is {len(request)} bytes, not {REQUEST_SIZE}")
+    return Claim(f.number("origin"), fingerprint, request, f.text("domain"), f.flag("uuid_only"))
+
+
+def _forward(f: _Fields) -> Forward:
+    op = f.number("op", max(Op))
+    return Forward(
+        f.number("ident", 2**63),
+        f.number("origin"),
+        f.number("to"),
+        Op(op),
+        f.text("domain"),
+        f.flag("uuid_only"),
+        f.number("budget_ms", 600_000),
+    )
+
+
+def _outcome(f: _Fields) -> Outcome:
+    return Outcome(
+        f.number("ident", 2**63),
+        f.number("origin"),
+        f.number("node"),
+        f.number("result", 255),
+        f.text("detail"),
+    )
+
+
+def _done(f: _Fields) -> Done:
+    request = f.text("request")
+    if not _PACKET.fullmatch(request):
+        raise BadMessage("request is not 32 hex digits")
+    return Done(f.number("node"), request)
+
+
+_READERS: dict[str, Callable[[_Fields], Message]] = {
+    "done": _done,
+    "inventory": _inventory,
+    "claim": _claim,
+    "forward": _forward,
+    "outcome": _outcome,
+}

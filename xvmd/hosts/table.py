@@ -1,0 +1,175 @@
+"""Where every VM is, as the group has said it (pure): members, their inventories, and where
+each VM was last seen active.
+
+Rules:
+1. Fed only by what CPG delivers (membership views and inventories, in agreed order), so every
+   member that saw the same messages holds the same table and reaches the same decisions.
+2. A member's inventory is the truth about that member; an inventory from a host that is not a
+   member (sent before it left) is ignored, and a member that left takes its inventory along.
+3. Where a VM was last seen active is remembered after its host leaves: such a VM may still run
+   there, so it is never reported off on the strength of not being seen. A host that joins
+   learns these from the others' inventories (``departed``), but never overrides what it saw.
+4. Bounded: at most ``MAX_REMEMBERED`` VMs are remembered as once seen.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from xvmd.backend import is_uuid
+from xvmd.hosts.messages import Departed, DomainRecord, Inventory
+
+MAX_REMEMBERED = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class Where:
+    """One VM across the group, as far as the table knows."""
+
+    active_on: tuple[int, ...]  # members (with an inventory) where it is active, sorted
+    defined_on: tuple[int, ...]  # members where it is defined in any state, sorted
+    departed: tuple[int, ...]  # hosts it was last seen active on that have not published since
+    known: bool  # seen in some inventory since this host joined (or told so)
+
+
+class Table:
+    def __init__(self) -> None:
+        self._members: frozenset[int] = frozenset()
+        self._inventories: dict[int, Inventory] = {}
+        # uuid -> {node: name}: where each VM was last seen active, until that node says not
+        self._active_at: dict[str, dict[int, str]] = {}
+        self._seen: OrderedDict[str, str] = OrderedDict()  # uuid -> name, once seen
+        self._named: dict[str, set[str]] = {}  # name -> uuids in _seen
+
+    # -- what CPG delivers -------------------------------------------------------------------
+
+    def membership(self, members: Iterable[int]) -> None:
+        """A new view: members that left take their inventories along; new ones are pending."""
+        self._members = frozenset(members)
+        for node in list(self._inventories):
+            if node not in self._members:
+                del self._inventories[node]
+
+    def inventory(self, inv: Inventory) -> bool:
+        """Apply ``inv``; False when it was ignored (its sender is not a member)."""
+        if inv.node not in self._members:
+            return False
+        self._inventories[inv.node] = inv
+        active = {d.uuid: d.name for d in inv.domains if d.active}
+        for uuid, nodes in list(self._active_at.items()):
+            if inv.node in nodes and uuid not in active:
+                del nodes[inv.node]  # its host says it is no longer active there
+                if not nodes:
+                    del self._active_at[uuid]
+        for uuid, name in active.items():
+            self._active_at.setdefault(uuid, {})[inv.node] = name
+        for d in inv.domains:
+            self._remember(d.uuid, d.name)
+        for gone in inv.departed:
+            if gone.uuid not in self._seen and not self.published(gone.node):
+                self._active_at.setdefault(gone.uuid, {})[gone.node] = gone.name  # news to us
+                self._remember(gone.uuid, gone.name)
+        return True
+
+    def _remember(self, uuid: str, name: str) -> None:
+        old = self._seen.get(uuid)
+        if old != name:
+            if old is not None:
+                self._unname(uuid, old)
+            self._named.setdefault(name, set()).add(uuid)
+        self._seen[uuid] = name
+        self._seen.move_to_end(uuid)
+        if len(self._seen) > MAX_REMEMBERED:
+            self._unname(*self._seen.popitem(last=False))
+
+    def _unname(self, uuid: str, name: str) -> None:
+        uuids = self._named.get(name, set())
+        uuids.discard(uuid)
+        if not uuids:
+            self._named.pop(name, None)
+
+    # -- questions ---------------------------------------------------------------------------
+
+    @property
+    def members(self) -> tuple[int, ...]:
+        return tuple(sorted(self._members))
+
+    @property
+    def pending(self) -> tuple[int, ...]:
+        """Members that have not published an inventory since they joined."""
+        return tuple(sorted(self._members - set(self._inventories)))
+
+    def published(self, node: int) -> bool:
+        return node in self._inventories
+
+    def inventories(self) -> tuple[Inventory, ...]:
+        return tuple(self._inventories[n] for n in sorted(self._inventories))
+
+    def candidates(self, fingerprint: str) -> tuple[int, ...]:
+        """Members serving a device whose key has ``fingerprint``, sorted."""
+        return tuple(
+            sorted(
+                node
+                for node, inv in self._inventories.items()
+                if any(d.fingerprint == fingerprint for d in inv.devices)
+            )
+        )
+
+    def where(self, domain: str, uuid_only: bool = False) -> Where:
+        """``domain`` is a libvirt name (exact) or, in UUID form, a UUID; ``uuid_only``: a
+        UUID and nothing else (the policy's ``Mapped.uuid_only``)."""
+        active, defined, uuids = [], [], set()
+        for node, inv in sorted(self._inventories.items()):
+            for d in inv.domains:
+                if _matches(d, domain, uuid_only):
+                    defined.append(node)
+                    uuids.add(d.uuid)
+                    if d.active:
+                        active.append(node)
+        uuids |= self._remembered(domain, uuid_only)
+        departed = {
+            node
+            for uuid in uuids
+            for node in self._active_at.get(uuid, {})
+            if not self.published(node)
+        }
+        known = bool(defined) or any(u in self._seen for u in uuids)
+        return Where(tuple(active), tuple(sorted(set(defined))), tuple(sorted(departed)), known)
+
+    def _remembered(self, domain: str, uuid_only: bool) -> set[str]:
+        """UUIDs of VMs no inventory holds now that ``domain`` names."""
+        lowered = domain.lower()
+        if is_uuid(domain) and lowered in self._seen:
+            return {lowered}
+        if uuid_only:
+            return set()
+        return set(self._named.get(domain, ()))
+
+    def departed(self) -> tuple[Departed, ...]:
+        """What this host publishes about VMs last active on hosts that left."""
+        return tuple(
+            Departed(name, uuid, node)
+            for uuid, nodes in sorted(self._active_at.items())
+            for node, name in sorted(nodes.items())
+            if node not in self._members
+        )
+
+    def union(self) -> tuple[DomainRecord, ...]:
+        """Every domain of every member once, with its state where it is active (the lowest
+        node id among several), else as its lowest-numbered host has it, sorted by name."""
+        best: dict[str, tuple[bool, int, DomainRecord]] = {}
+        for node, inv in self._inventories.items():
+            for d in inv.domains:
+                rank = (not d.active, node)
+                held = best.get(d.uuid)
+                if held is None or rank < held[:2]:
+                    best[d.uuid] = (*rank, d)
+        return tuple(sorted((r for _, _, r in best.values()), key=lambda r: (r.name, r.uuid)))
+
+
+def _matches(d: DomainRecord, domain: str, uuid_only: bool) -> bool:
+    if is_uuid(domain) and d.uuid == domain.lower():
+        return True
+    return not uuid_only and d.name == domain
