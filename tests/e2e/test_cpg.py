@@ -11,12 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
-import queue
-import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.corosync_lab import Lab, Node, corosync_conf
+from tests.support.corosync_lab import Lab, LineProcess, Node, corosync_conf
 from xvmd.hosts.group import MAX_PAYLOAD
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("corosync_installed")]
@@ -33,54 +27,17 @@ Line = dict[str, Any]
 GROUP = "xvmd-e2e"
 
 
-class CpgProbe:
+class CpgProbe(LineProcess):
     """tests/support/cpg_probe.py inside a node: its stdin to send, its lines collected."""
 
     def __init__(self, node: Node, group: str = GROUP) -> None:
-        self.lines: list[Line] = []
-        self._new: queue.Queue[None] = queue.Queue()
-        self._stderr = open(node.scratch / "cpg_probe.log", "ab")  # noqa: SIM115 (closed in stop)
-        cmd = [sys.executable, "-m", "tests.support.cpg_probe", "--group", group]
-        self.proc = subprocess.Popen(
-            node.cmd(*cmd, "--retry-max", "1.0"),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            text=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(json.loads(line))
-            self._new.put(None)
+        args = ("--group", group, "--retry-max", "1.0")
+        super().__init__(node, "tests.support.cpg_probe", *args, stdin=True)
 
     def send(self, *texts: str) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write("".join(f"{t}\n" for t in texts))
         self.proc.stdin.flush()
-
-    def mark(self) -> int:
-        return len(self.lines)
-
-    def wait(self, predicate: Callable[[Line], bool], timeout: float, since: int = 0) -> Line:
-        """The first line from index ``since`` on that matches, waiting up to ``timeout``."""
-        deadline = time.monotonic() + timeout
-        seen = since
-        while True:
-            for line in self.lines[seen:]:
-                if predicate(line):
-                    return line
-                seen += 1
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.proc.poll() is not None:
-                raise AssertionError(
-                    f"no matching line after {timeout}s; got: {self.lines[since:]}"
-                )
-            with contextlib.suppress(queue.Empty):
-                self._new.get(timeout=min(remaining, 0.2))
 
     def messages(self, since: int = 0) -> list[tuple[int, str]]:
         return [(m["nodeid"], m["text"]) for m in self.lines[since:] if m["event"] == "message"]
@@ -88,25 +45,13 @@ class CpgProbe:
     def wait_messages(self, count: int, timeout: float, since: int = 0) -> list[tuple[int, str]]:
         deadline = time.monotonic() + timeout
         while len(self.messages(since)) < count and time.monotonic() < deadline:
-            with contextlib.suppress(queue.Empty):
-                self._new.get(timeout=0.2)
+            self.next_line(deadline - time.monotonic())
         got = self.messages(since)
         assert len(got) >= count, f"{len(got)} of {count} messages after {timeout}s"
         return got
 
     def views(self, since: int = 0) -> list[Line]:
         return [v for v in self.lines[since:] if v["event"] == "view"]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(2)
-        self._stderr.close()
 
 
 @pytest.fixture

@@ -103,15 +103,18 @@ class Node:
         _stop(self.holder)
 
 
-class Probe:
-    """tests/support/corosync_probe.py inside a node; collects its status lines."""
+class LineProcess:
+    """A helper program inside a node that prints one JSON object per line: the lines are
+    collected as they come, and a test waits for the one it needs."""
 
-    def __init__(self, node: Node) -> None:
-        self.statuses: list[Status] = []
+    def __init__(self, node: Node, module: str, *args: str, stdin: bool = False) -> None:
+        self.lines: list[Status] = []
         self._new: queue.Queue[None] = queue.Queue()
-        self._stderr = open(node.scratch / "probe.log", "ab")  # noqa: SIM115 (closed in stop)
+        log = node.scratch / f"{module.rsplit('.', 1)[-1]}.log"
+        self._stderr = open(log, "ab")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
-            node.cmd(sys.executable, "-m", "tests.support.corosync_probe", "--retry-max", "1.0"),
+            node.cmd(sys.executable, "-m", module, *args),
+            stdin=subprocess.PIPE if stdin else None,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             text=True,
@@ -122,33 +125,48 @@ class Probe:
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
-            self.statuses.append(json.loads(line))
+            self.lines.append(json.loads(line))
             self._new.put(None)
 
     def mark(self) -> int:
-        return len(self.statuses)
+        return len(self.lines)
 
     def wait(self, predicate: Callable[[Status], bool], timeout: float, since: int = 0) -> Status:
-        """The first status from index ``since`` on that matches, waiting up to ``timeout``."""
+        """The first line from index ``since`` on that matches, waiting up to ``timeout``."""
         deadline = time.monotonic() + timeout
         seen = since
         while True:
-            for status in self.statuses[seen:]:
-                if predicate(status):
-                    return status
+            for line in self.lines[seen:]:
+                if predicate(line):
+                    return line
                 seen += 1
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.proc.poll() is not None:
                 raise AssertionError(
-                    f"no matching status after {timeout}s; got: {self.statuses[since:]}"
+                    f"no matching line after {timeout}s; got: {self.lines[since:]}"
                 )
-            with contextlib.suppress(queue.Empty):
-                self._new.get(timeout=min(remaining, 0.2))
+            self.next_line(remaining)
+
+    def next_line(self, within: float) -> None:
+        """Wait until another line came (or ``within`` seconds, at most 0.2)."""
+        with contextlib.suppress(queue.Empty):
+            self._new.get(timeout=min(within, 0.2))
 
     def stop(self) -> None:
         _stop(self.proc, signal.SIGTERM)
         self._reader.join(2)
         self._stderr.close()
+
+
+class Probe(LineProcess):
+    """tests/support/corosync_probe.py inside a node; collects its status lines."""
+
+    def __init__(self, node: Node) -> None:
+        super().__init__(node, "tests.support.corosync_probe", "--retry-max", "1.0")
+
+    @property
+    def statuses(self) -> list[Status]:
+        return self.lines
 
 
 class Lab:

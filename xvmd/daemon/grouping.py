@@ -75,7 +75,9 @@ class GroupRuntime:
             log.info("host group %s: members %s", self.cpg.name.decode(), list(view.members))
             self.publisher.changed()  # a newcomer must hear everyone
         else:
-            log.warning("host group %s: not joined; requests get no answer here", self.cpg.name)
+            log.warning(
+                "host group %s: not joined; requests get no answer here", self.cpg.name.decode()
+            )
 
     def _send_inventory(self, inv: Inventory) -> None:
         self.hosts.send(inv)
