@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from xvmd.hosts.messages import (
     Inventory,
     Message,
     Outcome,
+    Proof,
     decode,
     encode,
 )
@@ -82,6 +84,7 @@ class HostGroup:
         policy: Callable[[], Policy],
         quorum: Callable[[], QuorumStatus] | None,
         now: Callable[[], float],
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.runner = runner
         self.table = Table()
@@ -89,6 +92,7 @@ class HostGroup:
         self._policy = policy
         self._quorum = quorum
         self._now = now
+        self._wall = wall  # when hosts leave and join: compared with the host cluster's fencing
         self.link: Link | None = None
         self.connected = False
         self._waiting: OrderedDict[str, Waiting] = OrderedDict()
@@ -119,7 +123,7 @@ class HostGroup:
     def on_membership(self, view: View) -> None:
         self.connected = view.connected
         members = view.members if view.connected else ()
-        self.table.membership(members)
+        self.table.membership(members, self._wall())
         for r in self.rounds.left(set(members)):
             log.info("round of %s ended: host %s left", _what(r.req), r.decision.responder)
         for ident, (to, fut) in list(self._forwards.items()):
@@ -145,10 +149,24 @@ class HostGroup:
         elif isinstance(msg, Forward):
             if msg.to == self.me:
                 self._spawn(self._run_forward(msg))
+        elif isinstance(msg, Proof):
+            self._proven(msg)
         elif msg.origin == self.me:
             to, fut = self._forwards.get(msg.ident, (None, None))
             if fut is not None and not fut.done() and to == msg.node:
                 fut.set_result(msg)
+
+    def _proven(self, msg: Proof) -> None:
+        record = msg.record
+        if self.table.prove(record):
+            log.warning(
+                "host %d (%s) is proven down (%s, from host %d): %s",
+                record.host,
+                self.table.name_of(record.host),
+                record.kind,
+                msg.node,
+                record.detail,
+            )
 
     def _bad(self, nodeid: int, why: str) -> None:
         self.bad[why.split(":")[0][:40]] += 1

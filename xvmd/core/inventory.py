@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from xvmd.backend import BackendError, DomainState
 from xvmd.core.executor import BackendRunner, OutOfTime
 from xvmd.core.policy import Policy
-from xvmd.hosts.messages import Departed, DeviceTag, DomainRecord, Inventory
+from xvmd.hosts.messages import Departed, DeviceTag, DomainRecord, Inventory, ProofRecord
 from xvmd.protocol.wire import HostRecord
 
 log = logging.getLogger("xvmd.hosts")
@@ -63,6 +63,7 @@ class Publisher:
         name: Callable[[], str],
         policy: Callable[[], Policy],
         departed: Callable[[], tuple[Departed, ...]],
+        proven: Callable[[], tuple[ProofRecord, ...]] = tuple,
     ) -> None:
         self._runner = runner
         self._send = send
@@ -70,6 +71,7 @@ class Publisher:
         self._name = name
         self._policy = policy
         self._departed = departed
+        self._proven = proven
         self._wanted = asyncio.Event()
         self.serial = 0
         self.published: Inventory | None = None
@@ -102,19 +104,19 @@ class Publisher:
         domains = await self._read()
         if domains is None:
             return None
-        departed = self._departed()
+        departed, proven = self._departed(), self._proven()
         last = self.published
-        same = last is not None and (last.node, last.domains, last.departed) == (
+        same = last is not None and (last.node, last.domains, last.departed, last.proven) == (
             node,
             domains,
             departed,
+            proven,
         )
         if only_if_different and same:
             return None
         self.serial += 1
-        inv = Inventory(
-            node, self._name(), self.serial, devices_of(self._policy()), domains, departed
-        )
+        devices = devices_of(self._policy())
+        inv = Inventory(node, self._name(), self.serial, devices, domains, departed, proven)
         self.published = inv
         self._send(inv)
         return inv

@@ -65,6 +65,7 @@ class GroupRuntime:
             name=self._node_name,
             policy=policy,
             departed=self.hosts.table.departed,
+            proven=self.hosts.table.proofs,
         )
         self._task: asyncio.Task[None] | None = None
         self._watching = False

@@ -11,8 +11,10 @@ exactly one host connects back. The rule, for a request verified with a key of f
 - active on several members (mid-migration): the lowest candidate among them (else the lowest
   candidate) answers; ``off`` and ``reboot`` must leave it inactive on every one of them.
 - last seen active on a host that left (or rejoined without publishing yet): the VM may still
-  run there, so ``off``, ``reboot`` and ``status`` fail, naming that host; never OFF, never
-  success on assumption.
+  run there, so ``off``, ``reboot`` and ``status`` fail, naming that host and how to prove it
+  down; never OFF, never success on assumption. Once the host is proven down (the host
+  cluster's fencing, or an operator), the VM is off there: ``status`` OFF, ``off`` success,
+  ``reboot`` success (it cannot be started again where it was: the log says so).
 - inactive everywhere but defined on members: the request goes to the lowest of them, whose
   hypervisor answers (status OFF, off "already off", on starts it there).
 - once seen, defined nowhere: ``status`` OFF, ``off`` success; ``on`` and ``reboot`` fail.
@@ -71,7 +73,27 @@ def decide(table: Table, op: Op, domain: str, uuid_only: bool, fingerprint: str)
         return _active(candidates, op, where)
     if where.defined_on:
         return _to(candidates, where.defined_on[0], "shut off; its host answers")
+    if where.proven:
+        return _proven_down(table, first, op, where)
     return _absent(first, op, where.known)
+
+
+def _proven_down(table: Table, first: int, op: Op, where: Where) -> Decision:
+    """Active nowhere, defined on no member, last seen on hosts proven down: it is off."""
+    proofs = "; ".join(
+        f"host {n} ({table.name_of(n)}) is down: {p.detail}"
+        for n in where.proven
+        if (p := table.proof(n)) is not None
+    )
+    if op is Op.STATUS:
+        return Decision(first, Route.ANSWER, where.proven, Result.OFF, proofs)
+    if op is Op.OFF:
+        return Decision(first, Route.ANSWER, where.proven, Result.SUCCESS, proofs)
+    if op is Op.REBOOT:
+        why = f"{proofs}; it is off, but cannot be started again: no member defines it"
+        return Decision(first, Route.ANSWER, where.proven, Result.SUCCESS, why)
+    why = f"{proofs}; no member defines it, so it cannot be started"
+    return Decision(first, Route.ANSWER, where.proven, Result.FAIL, why)
 
 
 def _blocked(table: Table, op: Op, where: Where, first: int) -> Decision | None:
@@ -81,17 +103,28 @@ def _blocked(table: Table, op: Op, where: Where, first: int) -> Decision | None:
     if op not in (Op.OFF, Op.REBOOT) and where.active_on:
         return None
     if where.departed:
-        hosts = ", ".join(map(str, where.departed))
-        why = (
-            f"last seen active on host {hosts}, which has left the group (or not published "
-            "since it rejoined): it may still run there"
-        )
-        return Decision(first, Route.ANSWER, where.departed, Result.FAIL, why)
+        return Decision(first, Route.ANSWER, where.departed, Result.FAIL, _unproven(table, where))
     if table.pending:
         pending = ", ".join(map(str, table.pending))
         why = f"host {pending} has not published its domains yet: it may run the VM"
         return Decision(first, Route.ANSWER, table.pending, Result.FAIL, why)
     return None
+
+
+def _unproven(table: Table, where: Where) -> str:
+    hosts = ", ".join(f"{n} ({table.name_of(n)})" for n in where.departed)
+    gone = [n for n in where.departed if table.left_at(n) is not None]
+    if not gone:
+        return (
+            f"last seen active on host {hosts}, which rejoined and has not published its "
+            "domains yet: it may run there"
+        )
+    names = " ".join(table.name_of(n) for n in gone)
+    return (
+        f"last seen active on host {hosts}, which left the group and is not proven down: it "
+        "may still run there. Once that host is really off, fence it in the host cluster "
+        f"(stonith_admin --fence/--confirm) or run: xvmd confirm-host-down {names}"
+    )
 
 
 def _active(candidates: tuple[int, ...], op: Op, where: Where) -> Decision:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import json
 import re
 from collections.abc import Callable
@@ -71,6 +72,20 @@ class Departed:
     node: int
 
 
+class ProofKind(enum.StrEnum):
+    FENCED = "fenced"  # the host cluster's fencing completed an off or reboot of the host
+    OPERATOR = "operator"  # an operator confirmed it (xvmd confirm-host-down)
+
+
+@dataclass(frozen=True, slots=True)
+class ProofRecord:
+    """That host ``host`` is down: what proves it, in words for the log and `xvmd status`."""
+
+    host: int
+    kind: ProofKind
+    detail: str
+
+
 @dataclass(frozen=True, slots=True)
 class Inventory:
     """One host's view of itself: who it is, what it serves, every domain of its hypervisor."""
@@ -81,6 +96,7 @@ class Inventory:
     devices: tuple[DeviceTag, ...]
     domains: tuple[DomainRecord, ...]
     departed: tuple[Departed, ...] = ()
+    proven: tuple[ProofRecord, ...] = ()  # hosts it holds proven down: a newcomer learns them
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +136,14 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
+class Proof:
+    """Host ``node`` found (or was given) proof that ``record.host`` is down."""
+
+    node: int
+    record: ProofRecord
+
+
+@dataclass(frozen=True, slots=True)
 class Done:
     """The responder of ``request`` (its fingerprint, hex) is done with it, however it went: a
     retransmit of the same bytes is a new round, decided afresh."""
@@ -128,7 +152,7 @@ class Done:
     request: str
 
 
-Message = Inventory | Claim | Forward | Outcome | Done
+Message = Inventory | Claim | Forward | Outcome | Done | Proof
 
 
 def encode(msg: Message) -> bytes:
@@ -141,6 +165,7 @@ def encode(msg: Message) -> bytes:
             "devices": [[d.device, d.fingerprint] for d in msg.devices],
             "domains": [[d.name, d.uuid, int(d.state)] for d in msg.domains],
             "departed": [[d.name, d.uuid, d.node] for d in msg.departed],
+            "proven": [_proof_row(p) for p in msg.proven],
         }
     elif isinstance(msg, Claim):
         body = {
@@ -164,6 +189,8 @@ def encode(msg: Message) -> bytes:
         }
     elif isinstance(msg, Done):
         body = {"kind": "done", "node": msg.node, "request": msg.request}
+    elif isinstance(msg, Proof):
+        body = {"kind": "proof", "node": msg.node, "proof": _proof_row(msg.record)}
     else:
         body = {
             "kind": "outcome",
@@ -177,6 +204,21 @@ def encode(msg: Message) -> bytes:
     if len(data) > MAX_MESSAGE:
         raise ValueError(f"{body['kind']} message of {len(data)} bytes exceeds {MAX_MESSAGE}")
     return data
+
+
+def _proof_row(p: ProofRecord) -> list[Any]:
+    return [p.host, str(p.kind), p.detail]
+
+
+def _proof(row: Any) -> ProofRecord:
+    if not isinstance(row, list) or len(row) != 3:
+        raise BadMessage("a proof is not a list of 3")
+    host, kind, detail = row
+    try:
+        proof_kind = ProofKind(kind)
+    except ValueError:
+        raise BadMessage(f"proof kind {kind!r:.40} is unknown") from None
+    return ProofRecord(_int(host, "host", MAX_NODEID), proof_kind, _text(detail, "detail"))
 
 
 def decode(data: bytes) -> Message:
@@ -263,6 +305,7 @@ def _inventory(f: _Fields) -> Inventory:
         Departed(_text(name, "domain name"), _uuid(uuid), _int(node, "node", MAX_NODEID))
         for name, uuid, node in f.rows("departed", 3, MAX_DOMAINS)
     ]
+    proven = [_proof(row) for row in f.rows("proven", 3, MAX_DEVICES)]
     return Inventory(
         f.number("node"),
         f.text("name"),
@@ -270,6 +313,7 @@ def _inventory(f: _Fields) -> Inventory:
         tuple(devices),
         tuple(domains),
         tuple(departed),
+        tuple(proven),
     )
 
 
@@ -316,8 +360,13 @@ def _done(f: _Fields) -> Done:
     return Done(f.number("node"), request)
 
 
+def _proof_message(f: _Fields) -> Proof:
+    return Proof(f.number("node"), _proof(f.get("proof")))
+
+
 _READERS: dict[str, Callable[[_Fields], Message]] = {
     "done": _done,
+    "proof": _proof_message,
     "inventory": _inventory,
     "claim": _claim,
     "forward": _forward,

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from xvmd.backend import is_uuid
-from xvmd.hosts.messages import Departed, DomainRecord, Inventory
+from xvmd.hosts.messages import Departed, DomainRecord, Inventory, ProofRecord
 
 MAX_REMEMBERED = 65536
 
@@ -32,6 +32,7 @@ class Where:
     defined_on: tuple[int, ...]  # members where it is defined in any state, sorted
     departed: tuple[int, ...]  # hosts it was last seen active on that have not published since
     known: bool  # seen in some inventory since this host joined (or told so)
+    proven: tuple[int, ...] = ()  # hosts it was last seen active on, proven down since
 
 
 class Table:
@@ -42,21 +43,42 @@ class Table:
         self._active_at: dict[str, dict[int, str]] = {}
         self._seen: OrderedDict[str, str] = OrderedDict()  # uuid -> name, once seen
         self._named: dict[str, set[str]] = {}  # name -> uuids in _seen
+        self._names: dict[int, str] = {}  # node -> the name it published
+        self._left_at: dict[int, float] = {}  # node -> when it left (this host's clock)
+        self._joined_at: dict[int, float] = {}  # node -> when it last joined
+        self._proofs: dict[int, ProofRecord] = {}  # node -> why it is known to be down
 
     # -- what CPG delivers -------------------------------------------------------------------
 
-    def membership(self, members: Iterable[int]) -> None:
-        """A new view: members that left take their inventories along; new ones are pending."""
-        self._members = frozenset(members)
+    def membership(self, members: Iterable[int], now: float = 0.0) -> None:
+        """A new view: members that left take their inventories along; new ones are pending,
+        and any proof that one of them was down is void."""
+        new = frozenset(members)
+        for node in self._members - new:
+            self._left_at[node] = now
+        for node in new - self._members:
+            self._joined_at[node] = now
+            self._proofs.pop(node, None)
+        self._members = new
         for node in list(self._inventories):
             if node not in self._members:
                 del self._inventories[node]
+
+    def prove(self, proof: ProofRecord) -> bool:
+        """Record that a host is down; False (ignored) while it is a member, or known already."""
+        if proof.host in self._members or proof.host in self._proofs:
+            return False
+        self._proofs[proof.host] = proof
+        return True
 
     def inventory(self, inv: Inventory) -> bool:
         """Apply ``inv``; False when it was ignored (its sender is not a member)."""
         if inv.node not in self._members:
             return False
         self._inventories[inv.node] = inv
+        self._names[inv.node] = inv.name
+        for proof in inv.proven:
+            self.prove(proof)  # a newcomer learns what the others hold proven
         active = {d.uuid: d.name for d in inv.domains if d.active}
         for uuid, nodes in list(self._active_at.items()):
             if inv.node in nodes and uuid not in active:
@@ -129,14 +151,21 @@ class Table:
                     if d.active:
                         active.append(node)
         uuids |= self._remembered(domain, uuid_only)
-        departed = {
+        gone = {
             node
             for uuid in uuids
             for node in self._active_at.get(uuid, {})
             if not self.published(node)
         }
+        proven = {node for node in gone if node in self._proofs}
         known = bool(defined) or any(u in self._seen for u in uuids)
-        return Where(tuple(active), tuple(sorted(set(defined))), tuple(sorted(departed)), known)
+        return Where(
+            tuple(active),
+            tuple(sorted(set(defined))),
+            tuple(sorted(gone - proven)),
+            known,
+            tuple(sorted(proven)),
+        )
 
     def _remembered(self, domain: str, uuid_only: bool) -> set[str]:
         """UUIDs of VMs no inventory holds now that ``domain`` names."""
@@ -146,6 +175,27 @@ class Table:
         if uuid_only:
             return set()
         return set(self._named.get(domain, ()))
+
+    def name_of(self, node: int) -> str:
+        return self._names.get(node, f"node {node}")
+
+    def left_at(self, node: int) -> float | None:
+        return self._left_at.get(node) if node not in self._members else None
+
+    def joined_at(self, node: int) -> float | None:
+        return self._joined_at.get(node)
+
+    def proof(self, node: int) -> ProofRecord | None:
+        return self._proofs.get(node)
+
+    def proofs(self) -> tuple[ProofRecord, ...]:
+        return tuple(self._proofs[n] for n in sorted(self._proofs))
+
+    def unproven(self) -> tuple[int, ...]:
+        """Hosts that left with VMs last seen active there and no proof that they are down:
+        what a prover looks for."""
+        nodes = {n for where in self._active_at.values() for n in where}
+        return tuple(sorted(n for n in nodes if n not in self._members and n not in self._proofs))
 
     def departed(self) -> tuple[Departed, ...]:
         """What this host publishes about VMs last active on hosts that left."""

@@ -9,7 +9,14 @@ from hypothesis import strategies as st
 
 from xvmd.backend import DomainState
 from xvmd.hosts.decide import Decision, Route, decide
-from xvmd.hosts.messages import DeviceTag, DomainRecord, Inventory
+from xvmd.hosts.messages import (
+    Departed,
+    DeviceTag,
+    DomainRecord,
+    Inventory,
+    ProofKind,
+    ProofRecord,
+)
 from xvmd.hosts.table import Table
 from xvmd.protocol.wire import Op, Result
 
@@ -219,3 +226,143 @@ def test_never_off_or_fenced_while_it_may_run_and_one_responder_who_can_authenti
     if d.route is Route.EVERYWHERE:
         running = {n for n, vms in truth.items() if vms.get(vm, OFF) is not OFF}
         assert running <= set(d.hosts)
+
+
+# -- hosts that left, and proof that they are down ----------------------------------------------
+
+
+def test_a_vm_of_a_host_that_left_is_fenced_once_that_host_is_proven_down() -> None:
+    t = table(inv(1, (F1,)), inv(2, (F1,), vm1=ON))
+    t.membership([1])
+    off = ask(t, Op.OFF)
+    assert off.result is Result.FAIL and "xvmd confirm-host-down host2" in off.why
+    assert t.unproven() == (2,)
+    t.prove(ProofRecord(2, ProofKind.OPERATOR, "confirmed by root"))
+    assert t.unproven() == ()
+    assert ask(t, Op.STATUS).result is Result.OFF
+    assert ask(t, Op.OFF) == Decision(1, Route.ANSWER, (2,), Result.SUCCESS, PROVEN)
+    reboot = ask(t, Op.REBOOT)
+    assert reboot.result is Result.SUCCESS and "cannot be started again" in reboot.why
+    assert ask(t, Op.ON).result is Result.FAIL
+
+
+PROVEN = "host 2 (host2) is down: confirmed by root"
+
+
+def test_a_proven_host_whose_vm_is_defined_elsewhere_lets_that_host_answer() -> None:
+    t = table(inv(1, (F1,), vm1=OFF), inv(2, (F1,), vm1=ON))
+    t.membership([1])
+    t.prove(ProofRecord(2, ProofKind.FENCED, "fenced (reboot) at 12:00:03 by node1"))
+    assert ask(t, Op.ON) == Decision(1, Route.ACT, (1,), why="shut off; its host answers")
+
+
+def test_a_proof_counts_only_while_the_host_is_away() -> None:
+    t = table(inv(1, (F1,)), inv(2, (F1,), vm1=ON))
+    assert not t.prove(ProofRecord(2, ProofKind.OPERATOR, "x"))  # a member is not down
+    t.membership([1])
+    assert t.prove(ProofRecord(2, ProofKind.OPERATOR, "x"))
+    t.membership([1, 2])  # it came back: the proof is void, its VMs wait for its inventory
+    assert t.proof(2) is None
+    assert ask(t, Op.OFF).result is Result.FAIL
+    t.membership([1])
+    assert ask(t, Op.OFF).result is Result.FAIL  # left again: needs a new proof
+
+
+def test_a_newcomer_learns_the_proofs_the_others_hold() -> None:
+    proof = ProofRecord(2, ProofKind.FENCED, "fenced")
+    t = Table()
+    t.membership([1, 3])
+    departed = (Departed("vm1", UUIDS["vm1"], 2),)
+    t.inventory(Inventory(1, "host1", 1, (DeviceTag("xvm", F1),), (), departed, (proof,)))
+    t.inventory(inv(3, (F1,)))  # this host, the newcomer
+    assert t.proof(2) == proof
+    assert ask(t, Op.OFF).result is Result.SUCCESS
+
+
+# -- safety over generated event orders ----------------------------------------------------------
+
+
+VMS2 = ["vm1", "vm2"]
+
+
+@st.composite
+def event_orders(draw: st.DrawFn) -> list[tuple[str, int, str]]:
+    kinds = ["start", "stop", "kill", "partition", "prove", "rejoin", "ask"]
+    return draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(kinds), st.sampled_from(NODES), st.sampled_from(["vm1", "vm2"])
+            ),
+            min_size=1,
+            max_size=30,
+        )
+    )
+
+
+class World:
+    """The truth (what runs where, who is dead or cut off) and the table the group keeps of it,
+    fed the way CPG feeds it: views, inventories of members that are alive, proofs."""
+
+    def __init__(self) -> None:
+        self.running: dict[int, set[str]] = {n: set() for n in NODES}
+        self.defined: dict[int, set[str]] = {n: {"vm1", "vm2"} for n in NODES}
+        self.dead: set[int] = set()
+        self.members = set(NODES)
+        self.table = Table()
+        self.clock = 0.0
+        self.view()
+        for n in NODES:
+            self.publish(n)
+
+    def view(self) -> None:
+        self.clock += 1
+        self.table.membership(sorted(self.members), self.clock)
+
+    def publish(self, n: int) -> None:
+        vms = {v: (ON if v in self.running[n] else OFF) for v in self.defined[n]}
+        self.table.inventory(inv(n, (F1,), **vms))
+
+    def apply(self, kind: str, n: int, vm: str) -> None:
+        if kind == "start" and n in self.members and not self.may_run(vm):
+            self.running[n].add(vm)  # the guest cluster starts its node on one host only
+            self.publish(n)
+        elif kind == "stop" and n in self.members:
+            self.running[n].discard(vm)
+            self.publish(n)
+        elif kind in ("kill", "partition") and n in self.members and len(self.members) > 1:
+            self.members.discard(n)
+            if kind == "kill":
+                self.dead.add(n)
+                self.running[n].clear()
+            self.view()
+        elif kind == "prove" and n not in self.members:
+            self.dead.add(n)  # fencing a cut-off host makes it dead: that is what it proves
+            self.running[n].clear()
+            self.table.prove(ProofRecord(n, ProofKind.FENCED, "fenced"))
+        elif kind == "rejoin" and n not in self.members:
+            self.dead.discard(n)
+            self.members.add(n)
+            self.view()
+            self.publish(n)
+
+    def may_run(self, vm: str) -> bool:
+        return any(vm in vms for vms in self.running.values())
+
+
+@settings(max_examples=500, deadline=None)
+@given(event_orders(), st.sampled_from([Op.OFF, Op.REBOOT, Op.STATUS]))
+def test_never_fenced_while_it_may_run_whatever_the_order_of_events(
+    events: list[tuple[str, int, str]], op: Op
+) -> None:
+    world = World()
+    for kind, n, vm in events:
+        world.apply(kind, n, vm)
+        if kind != "ask":
+            continue
+        d = decide(world.table, op, vm, False, F1)
+        running = {h for h, vms in world.running.items() if vm in vms}
+        if d.route is Route.ANSWER and d.result in (Result.OFF, Result.SUCCESS):
+            assert not running, (d, running, events)
+        if op is not Op.STATUS and d.route in (Route.ACT, Route.FORWARD, Route.EVERYWHERE):
+            assert running <= set(d.hosts), (d, running, events)  # every copy is reached
+            assert set(d.hosts) <= world.members  # and only members are asked
