@@ -83,6 +83,7 @@ class Site:
     daemons: list[Xvmd]
     guest: Netns
     conf: Path
+    bridge: Netns
 
     def xvm(self, device: str, *args: str) -> ClientResult:
         key = self.conf.parent / f"{device}.key"
@@ -130,7 +131,7 @@ def build(
             str(host.scratch / "a.jsonl"),
         ]
         daemons.append(Xvmd(host, args, host.scratch / "xvmd.log", port=PORT).start())
-    site = Site(hosts, daemons, guest, conf)
+    site = Site(hosts, daemons, guest, conf, bridge)
     eventually(lambda: all(_grouped(site, n) for n in (1, 2, 3)), timeout=30, what=site)
     return site
 
@@ -263,3 +264,66 @@ def test_a_forward_whose_host_dies_mid_operation_fails_within_the_budget(
     assert took < 30, took  # within the budget, never a hang
     # the request's log line is written just after its answer left
     assert site.daemons[0].wait_for_log("host 2: its host left", timeout=5)
+
+
+# -- a host that dies, a host that is cut off -----------------------------------------------------
+
+
+def test_a_dead_hosts_vm_is_fenced_only_once_an_operator_confirmed_it(
+    lab: Lab, tmp_path: Path
+) -> None:
+    conf = cluster_conf(tmp_path / "guests", SHARED, SHARED_NODES)
+    site = build(lab, tmp_path, [{"a": RUN}, {"b": RUN}, {"c": RUN}], ["xvm"] * 3, conf)
+    assert site.xvm("xvm", "-t", "10", "-o", "status", "-H", "node2").rc == 0
+
+    victim = site.daemons[1]
+    assert victim.proc is not None
+    victim.proc.send_signal(signal.SIGKILL)  # host 2 dies: xvmd and corosync at once
+    site.hosts[1].kill_corosync()
+    eventually(lambda: _members(site, 1) == [1, 3], timeout=20, what=site)
+
+    # no proof yet: never reported off, never fenced; the log says how to prove it
+    assert site.xvm("xvm", "-t", "10", "-o", "status", "-H", "node2").rc == 1
+    assert site.xvm("xvm", "-t", "10", "-o", "off", "-H", "node2").rc == 1
+    assert site.daemons[0].wait_for_log("xvmd confirm-host-down node2", timeout=5)
+
+    sock = str(site.hosts[0].scratch / "xvmd.sock")
+    refused = run_xvmd_once(site.hosts[0], ["confirm-host-down", "node3", "--control", sock])
+    assert refused.rc == 1 and "is a member of the group" in refused.output
+    res = run_xvmd_once(site.hosts[0], ["confirm-host-down", "node2", "--control", sock])
+    assert res.rc == 0, res.output
+
+    # proven: fenced, answered by one host, the same whichever host the guest reaches first
+    for _ in range(3):
+        assert site.xvm("xvm", "-t", "10", "-o", "off", "-H", "node2").rc == 0
+        assert site.xvm("xvm", "-t", "10", "-o", "status", "-H", "node2").rc == 2
+    assert site.xvm("xvm", "-t", "10", "-o", "status", "-H", "node1").rc == 0  # others untouched
+    proofs = site.status(3)["hosts"]
+    assert isinstance(proofs, dict) and proofs["proofs"][0]["name"] == "node2"
+    trail = (site.hosts[0].scratch / "a.jsonl").read_text()
+    assert '"op":"confirm-host-down"' in trail.replace(" ", "") and "accepted" in trail
+
+
+def test_a_cut_off_hosts_vm_is_never_reported_fenced(lab: Lab, tmp_path: Path) -> None:
+    conf = cluster_conf(tmp_path / "guests", SHARED, SHARED_NODES)
+    site = build(lab, tmp_path, [{"a": RUN}, {"b": RUN}, {"c": RUN}], ["xvm"] * 3, conf)
+    bridge_port = "vh3"
+    site.bridge.ip("link", "set", bridge_port, "down")  # host 3 is cut off; vm-c keeps running
+    eventually(lambda: _members(site, 1) == [1, 2], timeout=20, what=site)
+    for op in ("status", "off", "reboot"):
+        res = site.xvm("xvm", "-t", "10", "-o", op, "-H", "node3")
+        assert res.rc == 1, (op, res.output)  # failure: never OFF, never fenced
+    site.bridge.ip("link", "set", bridge_port, "up")  # it comes back: its VM answers again
+    eventually(lambda: _members(site, 1) == [1, 2, 3], timeout=30, what=site)
+    eventually(
+        lambda: site.xvm("xvm", "-t", "5", "-o", "status", "-H", "node3").rc == 0,
+        timeout=20,
+        what=site,
+    )
+
+
+def _members(site: Site, n: int) -> list[int]:
+    hosts = site.status(n).get("hosts")
+    if not isinstance(hosts, dict):
+        return []
+    return sorted(int(m["node"]) for m in hosts.get("members", []))

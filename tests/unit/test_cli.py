@@ -302,6 +302,8 @@ def test_default_paths_derive_from_instance_or_port(
     settings = derived(argv, ccs_attrs)
     assert settings.control == f"/run/xvmd/{sock}"
     assert settings.audit == f"/var/lib/xvmd/{trail}"
+    placements = trail.replace("audit", "placements").replace(".jsonl", ".json")
+    assert settings.state == f"/var/lib/xvmd/{placements}"
     assert settings.instance == (argv[1] if argv[:1] == ["--instance"] else None)
 
 
@@ -310,8 +312,10 @@ def test_explicit_paths_win(tmp_path: Path) -> None:
     settings = derived(["--instance", "a", "--control", "x.sock", "--audit", str(tmp_path / "t")])
     assert settings.control == os.path.abspath("x.sock")
     assert settings.audit == str(tmp_path / "t")
-    settings = derived(["-p", "1230", "--control", "none", "--audit", "none"])
-    assert settings.control is None and settings.audit is None
+    assert settings.state == str(tmp_path / "placements-a.json")  # beside the trail
+    settings = derived(["-p", "1230", "--control", "none", "--audit", "none", "--state", "none"])
+    assert settings.control is None and settings.audit is None and settings.state is None
+    assert derived(["--state", str(tmp_path / "s.json")]).state == str(tmp_path / "s.json")
 
 
 def test_derived_paths_follow_the_directories(

@@ -274,3 +274,38 @@ def test_audit_reads_the_trail_a_daemon_is_still_writing(
     assert (code, code2) == (0, 0)
     assert [json.loads(x)["op"] for x in out.splitlines()] == ["off"]
     assert [json.loads(x)["op"] for x in out2.splitlines()] == ["off", "on"]
+
+
+# -- xvmd confirm-host-down ------------------------------------------------------------------------
+
+
+def test_confirm_host_down_is_refused_by_a_daemon_of_one_host_and_audited(
+    tmp_path: Path, notify: NotifySocket, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ctl, trail = tmp_path / "ctl.sock", tmp_path / "audit.jsonl"
+    d = daemon(ctl, audit=str(trail))
+
+    async def scenario() -> tuple[int, str, str]:
+        async with serving(d, notify):
+            argv = ["confirm-host-down", "hv2", "--control", str(ctl)]
+            return await asyncio.to_thread(xvmd, argv, capsys)
+
+    code, out, err = asyncio.run(scenario())
+    assert (code, out) == (1, "")
+    assert "refused: this daemon answers for its own host only" in err
+    [record] = [json.loads(line) for line in trail.read_text().splitlines()]
+    assert (record["op"], record["target"], record["result"]) == (
+        "confirm-host-down",
+        "hv2",
+        "refused",
+    )
+    assert record["requester"].startswith("root (uid 0") or "uid" in record["requester"]
+
+
+def test_confirm_host_down_without_a_daemon_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _out, err = xvmd(
+        ["confirm-host-down", "hv2", "--control", str(tmp_path / "none")], capsys
+    )
+    assert code == 2 and "xvmd is not running" in err

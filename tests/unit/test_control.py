@@ -285,3 +285,28 @@ def test_a_status_that_fails_ends_the_connection_and_the_next_one_is_served(
     assert message.startswith(f"unreadable answer from {path}")  # no hang, no half document
     assert doc == DOC
     assert "status broke" in caplog.text  # asyncio logs what the handler raised
+
+
+def test_a_command_line_gets_the_commands_answer_and_knows_who_asks(path: Path) -> None:
+    asked: list[tuple[dict[str, Any], control.Peer]] = []
+
+    async def commands(request: dict[str, Any], peer: control.Peer) -> dict[str, Any]:
+        asked.append((request, peer))
+        return {"ok": True, "echo": request["host"]}
+
+    async def main() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        server = await control.serve(str(path), lambda: DOC, commands)
+        try:
+            request = {"command": "confirm-host-down", "host": "hv2"}
+            answer = await asyncio.to_thread(control.query, str(path), 2.0, request)
+            unknown = {"command": "reboot-everything"}
+            other = await asyncio.to_thread(control.query, str(path), 2.0, unknown)
+            return answer, other, await query(path)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    answer, other, status = asyncio.run(main())
+    assert answer == {"ok": True, "echo": "hv2"}
+    assert other == status == DOC  # anything but a known command: the status, read-only
+    assert len(asked) == 1 and asked[0][1].uid == os.getuid() and asked[0][1].pid == os.getpid()

@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, str] = {
     "status": "xvmd.cli.status",
     "audit": "xvmd.cli.audit",
     "import-fence-virt-conf": "xvmd.cli.import_conf",
+    "confirm-host-down": "xvmd.cli.confirm",
 }
 DAEMON = "xvmd.cli.run"
 

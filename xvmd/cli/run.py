@@ -137,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"{paths.DEFAULT_AUDIT}, {paths.STATE_DIR}/audit-NAME.jsonl with --instance NAME, else "
         f"{paths.STATE_DIR}/audit-PORT.jsonl for a port other than {DEFAULT_PORT})",
     )
+    p.add_argument(
+        "--state",
+        metavar="PATH",
+        help="where cluster VMs were last seen, kept across restarts (cluster mode with a "
+        "cluster.conf; 'none': memory only; default placements[-NAME|-PORT].json beside the "
+        "audit trail)",
+    )
     p.add_argument("-d", dest="debug", action="count", default=0, help="debug logging")
     p.add_argument(
         "--tcp",
@@ -203,11 +210,14 @@ def settings_from_args(
     tcp = parse_tcp(args.tcp, settings.port) if args.tcp is not None else None
     # Derived only now that the port is known: it may come from <fence_xvmd port=...>.
     control, audit = paths.instance_paths(settings.instance, settings.port)
+    audit_path = _path_option(args.audit, audit)
+    state = paths.state_path(audit_path, settings.instance, settings.port)
     settings = replace(
         settings,
         tcp=tcp,
         control=_path_option(args.control, control),
-        audit=_path_option(args.audit, audit),
+        audit=audit_path,
+        state=_path_option(args.state, state),
     )
     settings.listeners()  # validates -a / -i now, as a usage error
     return settings

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from xvmd.cli.common import instance_name, port_number
+from xvmd.cli.common import add_daemon_choice, chosen_daemon
 from xvmd.daemon import paths
 from xvmd.daemon.control import ControlError, NotRunning, query
 from xvmd.daemon.settings import DEFAULT_PORT
@@ -31,22 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"or -p: the daemon on {paths.DEFAULT_CONTROL} if it answers, else every daemon whose "
         f"control socket in {paths.RUN_DIR} answers, one after another.",
     )
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--control", metavar="PATH", help="the daemon's control socket")
-    which.add_argument(
-        "--instance",
-        metavar="NAME",
-        type=instance_name,
-        help=f"the daemon started with --instance NAME ({paths.RUN_DIR}/xvmd-NAME.sock)",
-    )
-    which.add_argument(
-        "-p",
-        dest="port",
-        metavar="PORT",
-        type=port_number,
-        help=f"the daemon started without --instance on UDP port PORT "
-        f"({paths.RUN_DIR}/xvmd-PORT.sock; {paths.DEFAULT_CONTROL} for {DEFAULT_PORT})",
-    )
+    add_daemon_choice(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
@@ -201,15 +186,6 @@ def _exit_code(doc: dict[str, Any]) -> int:
     return 0 if q is None or q.get("quorate") else 1
 
 
-def _selected(args: argparse.Namespace) -> str | None:
-    """The control socket the options name, or None: look for the running daemons."""
-    if args.control is not None:
-        return str(args.control)
-    if args.instance is not None or args.port is not None:
-        return paths.instance_paths(args.instance, args.port or DEFAULT_PORT)[0]
-    return None
-
-
 def _running() -> list[tuple[str, dict[str, Any]]]:
     """The default daemon if it answers (as always), else every one whose socket answers.
     A daemon that is there but does not answer properly is reported on stderr."""
@@ -232,7 +208,7 @@ def _running() -> list[tuple[str, dict[str, Any]]]:
 
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
-    path = _selected(args)
+    path = chosen_daemon(args)
     try:
         docs = [(path, query(path))] if path is not None else _running()
     except ControlError as exc:

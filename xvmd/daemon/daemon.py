@@ -24,7 +24,7 @@ from xvmd.core.limits import Limits
 from xvmd.core.operations import Clock
 from xvmd.core.policy import Policy
 from xvmd.core.service import FenceService, Hashes
-from xvmd.daemon import control, statusdoc, systemd
+from xvmd.daemon import commands, control, statusdoc, systemd
 from xvmd.daemon.audit import ROTATED_SUFFIX, AuditError, AuditLog, handled_power_actions
 from xvmd.daemon.grouping import GroupRuntime
 from xvmd.daemon.keys import KeyFileError, load_key
@@ -120,7 +120,9 @@ class Daemon:
             self.where.append(f"TCP {host} port {port}")
         if self.settings.control:
             try:
-                self._servers.append(await control.serve(self.settings.control, self.status))
+                self._servers.append(
+                    await control.serve(self.settings.control, self.status, self._command)
+                )
             except control.ControlError as exc:
                 raise StartupError(str(exc)) from None
 
@@ -172,6 +174,7 @@ class Daemon:
                 runner,
                 policy=lambda: service.policy,
                 quorum=self.quorum.current,
+                state=self.settings.state,
             )
             service.use_hosts(self._group.hosts)
         return service
@@ -294,6 +297,9 @@ class Daemon:
             service.policy = Policy.unrestricted([key])
             log.info("SIGHUP: key %s re-read", self.settings.key_file)
         systemd.ready("key re-read")
+
+    async def _command(self, request: dict[str, Any], peer: control.Peer) -> dict[str, Any]:
+        return await commands.run(request, peer, self._group, self._audit)
 
     def status(self) -> dict[str, Any]:
         """Everything ``xvmd status`` shows, as plain data."""

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import logging
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,13 +24,19 @@ from xvmd.core.executor import BackendRunner, OutOfTime
 from xvmd.core.hostgroup import HostGroup
 from xvmd.core.inventory import POLL_INTERVAL, Publisher
 from xvmd.core.policy import Policy
+from xvmd.daemon.placestore import PlacementStore
 from xvmd.hosts.group import MAX_NAME, CpgGroup, GroupView
-from xvmd.hosts.messages import Inventory
+from xvmd.hosts.messages import Inventory, Proof, ProofKind, ProofRecord
 from xvmd.quorum import QuorumStatus
 
 log = logging.getLogger("xvmd.hosts")
 
+CONFIRM_WAIT = 5.0  # seconds an operator's confirmation may take to come back over CPG
 WATCH_BUDGET = 10.0  # seconds for registering (or dropping) the hypervisor's event callback
+
+
+def _refused(why: str) -> dict[str, Any]:
+    return {"ok": False, "error": why}
 
 
 def group_name(cluster: str) -> bytes:
@@ -50,6 +57,7 @@ class GroupRuntime:
         *,
         policy: Callable[[], Policy],
         quorum: Callable[[], QuorumStatus] | None,
+        state: str | None = None,
         make_group: Callable[..., CpgGroup] = CpgGroup,
     ) -> None:
         loop = asyncio.get_running_loop()
@@ -69,6 +77,8 @@ class GroupRuntime:
         )
         self._task: asyncio.Task[None] | None = None
         self._watching = False
+        self.store = PlacementStore(state, self.hosts.table) if state else None
+        self._saver: asyncio.Task[None] | None = None
 
     def _on_view(self, view: GroupView) -> None:
         self.hosts.on_membership(view)
@@ -97,6 +107,9 @@ class GroupRuntime:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.store is not None:
+            await self.store.restore()  # before the first view: VMs of hosts still away
+            self._saver = asyncio.create_task(self.store.run())
         self._watching = await self._watch(loop)
         poll = None if self._watching else POLL_INTERVAL
         if not self._watching:
@@ -119,14 +132,52 @@ class GroupRuntime:
         """After the drain: leave the group, stop publishing, forget the hypervisor's events."""
         await self.hosts.stop()
         await self.cpg.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._saver):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self.store is not None:
+            await self.store.save_now()
         if self._watching:
             unwatch = self.runner.backend.unwatch
             with contextlib.suppress(OutOfTime):
                 await self.runner.call(asyncio.get_running_loop().time() + 2.0, unwatch)
+
+    async def confirm_down(self, host: str, by: str) -> dict[str, Any]:
+        """An operator's word that ``host`` is down: accepted only for a known host that has
+        left the group; spread to every member over CPG, and in force once it came back to
+        this host in the agreed order (so every member applies it at the same point)."""
+        table = self.hosts.table
+        node = table.node_named(host)
+        me = self.cpg.local_nodeid
+        if node is None:
+            known = ", ".join(table.name_of(n) for n in table.unproven()) or "none"
+            return _refused(
+                f"no host {host!r} is known to the group (hosts left unproven: {known})"
+            )
+        if node in table.members:
+            return _refused(
+                f"host {host} (node {node}) is a member of the group: it is up, and only a host "
+                "that has left can be confirmed down"
+            )
+        if me is None or not self.cpg.view.connected:
+            return _refused("this host is not in the group: the confirmation could not be spread")
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+        detail = f"confirmed down by {by} on {self._node_name()} at {stamp}"
+        if not self.hosts.send(Proof(me, ProofRecord(node, ProofKind.OPERATOR, detail))):
+            return _refused("the group did not take the message; try again")
+        for _ in range(int(CONFIRM_WAIT / 0.05)):
+            proof = table.proof(node)
+            if proof is not None:
+                return {
+                    "ok": True,
+                    "node": node,
+                    "host": table.name_of(node),
+                    "detail": proof.detail,
+                }
+            await asyncio.sleep(0.05)
+        return _refused("the confirmation was sent but has not come back yet; check xvmd status")
 
     def status(self) -> dict[str, Any]:
         """The group for the status document: members, each one's devices and domain count,
@@ -152,4 +203,17 @@ class GroupRuntime:
             "declined": self.hosts.declined_total,
             "recent_declined": list(self.hosts.declined),
             "bad_messages": dict(self.hosts.bad),
+            "proofs": [
+                {
+                    "node": p.host,
+                    "name": table.name_of(p.host),
+                    "kind": str(p.kind),
+                    "detail": p.detail,
+                }
+                for p in table.proofs()
+            ],
+            "state": {
+                "path": self.store.path if self.store else None,
+                "error": self.store.last_error if self.store else None,
+            },
         }

@@ -70,6 +70,15 @@ def instance_paths(instance: str | None, port: int) -> tuple[str, str]:
     )
 
 
+def state_path(audit: str | None, instance: str | None, port: int) -> str:
+    """The placement memory of a daemon: beside its audit trail (so a test's or an unusual
+    layout's trail directory holds both), named like it; in the state directory without one."""
+    _, default_audit = instance_paths(instance, port)
+    suffix = os.path.basename(default_audit)[len("audit") : -len(".jsonl")]
+    directory = os.path.dirname(audit) if audit else state_dir()
+    return os.path.join(directory, f"placements{suffix}.json")
+
+
 def _kind(path: str, lmode: int) -> str:
     if not stat.S_ISLNK(lmode):
         return describe(lmode)

@@ -50,6 +50,8 @@ class Settings:
     # the instance or the port (paths.instance_paths), so it is never a constant here.
     control: str | None = None
     audit: str | None = None  # the audit trail; None: off
+    # Where cluster VMs were last seen (several hosts); None: kept in memory only.
+    state: str | None = None
     # Sessions (connections) at once; beyond it datagrams are dropped as busy and clients
     # retransmit. 128 leaves room for 64 clients in flight while answered sessions close.
     max_sessions: int = 128

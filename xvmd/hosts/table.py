@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from xvmd.backend import is_uuid
 from xvmd.hosts.messages import Departed, DomainRecord, Inventory, ProofRecord
@@ -47,6 +48,7 @@ class Table:
         self._left_at: dict[int, float] = {}  # node -> when it left (this host's clock)
         self._joined_at: dict[int, float] = {}  # node -> when it last joined
         self._proofs: dict[int, ProofRecord] = {}  # node -> why it is known to be down
+        self.version = 0  # grows with every change worth saving (``memory``)
 
     # -- what CPG delivers -------------------------------------------------------------------
 
@@ -60,6 +62,7 @@ class Table:
             self._joined_at[node] = now
             self._proofs.pop(node, None)
         self._members = new
+        self.version += 1
         for node in list(self._inventories):
             if node not in self._members:
                 del self._inventories[node]
@@ -69,6 +72,7 @@ class Table:
         if proof.host in self._members or proof.host in self._proofs:
             return False
         self._proofs[proof.host] = proof
+        self.version += 1
         return True
 
     def inventory(self, inv: Inventory) -> bool:
@@ -77,6 +81,7 @@ class Table:
             return False
         self._inventories[inv.node] = inv
         self._names[inv.node] = inv.name
+        self.version += 1
         for proof in inv.proven:
             self.prove(proof)  # a newcomer learns what the others hold proven
         active = {d.uuid: d.name for d in inv.domains if d.active}
@@ -94,6 +99,41 @@ class Table:
                 self._active_at.setdefault(gone.uuid, {})[gone.node] = gone.name  # news to us
                 self._remember(gone.uuid, gone.name)
         return True
+
+    # -- what survives a restart ------------------------------------------------------------
+
+    def memory(self) -> dict[str, Any]:
+        """Where VMs were last seen active, what was seen, hosts' names and when they left, as
+        plain data (JSON). Proofs are not kept: after a restart they must be found again, since
+        a host may have come back and gone again meanwhile."""
+        return {
+            "active_at": [
+                [uuid, node, name]
+                for uuid, nodes in sorted(self._active_at.items())
+                for node, name in sorted(nodes.items())
+            ],
+            "seen": [[uuid, name] for uuid, name in self._seen.items()],
+            "names": {str(n): name for n, name in sorted(self._names.items())},
+            "left_at": {str(n): t for n, t in sorted(self._left_at.items())},
+        }
+
+    def restore(self, memory: dict[str, Any]) -> None:
+        """Take back what ``memory`` kept (into a table that has seen nothing yet). Raises
+        ValueError when it is not what ``memory`` makes."""
+        try:
+            active = [(str(u), int(n), str(name)) for u, n, name in memory["active_at"]]
+            seen = [(str(u), str(name)) for u, name in memory["seen"]]
+            names = {int(n): str(name) for n, name in memory["names"].items()}
+            left = {int(n): float(t) for n, t in memory["left_at"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"not a placement memory: {exc!r}") from None
+        for uuid, name in seen[-MAX_REMEMBERED:]:
+            self._remember(uuid, name)
+        for uuid, node, name in active:
+            self._active_at.setdefault(uuid, {})[node] = name
+            self._remember(uuid, name)
+        self._names.update(names)
+        self._left_at.update(left)
 
     def _remember(self, uuid: str, name: str) -> None:
         old = self._seen.get(uuid)
@@ -175,6 +215,15 @@ class Table:
         if uuid_only:
             return set()
         return set(self._named.get(domain, ()))
+
+    def node_named(self, host: str) -> int | None:
+        """The node a host's name (as it published it) or node id names; None: unknown."""
+        for node, name in self._names.items():
+            if name == host:
+                return node
+        if host.isdigit() and int(host) in (self._names.keys() | self._members):
+            return int(host)
+        return None
 
     def name_of(self, node: int) -> str:
         return self._names.get(node, f"node {node}")
