@@ -12,6 +12,7 @@ fi
 PACKAGES=(
     fence-virt fence-virtd            # the stock fence_xvm / fence_virt client and the reference daemon
     corosync                          # the host cluster: quorum for cluster mode (libquorum etc.)
+    pacemaker pacemaker-cli-utils     # the host cluster's fencing history (stonith_admin), proof a host is down
     libvirt-daemon-system libvirt-clients   # libvirtd (needs the users -system creates) and virsh
     libvirt-dev pkg-config            # to build libvirt-python
     iproute2 util-linux               # ip netns, unshare

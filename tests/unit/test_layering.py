@@ -66,7 +66,10 @@ def rel(p: Path) -> str:
         REPO / "xvmd/quorum/__init__.py",
         REPO / "xvmd/quorum/corotypes.py",
         REPO / "xvmd/quorum/status.py",
-        *(REPO / f"xvmd/hosts/{m}.py" for m in ("messages", "table", "decide", "rounds")),
+        *(
+            REPO / f"xvmd/hosts/{m}.py"
+            for m in ("messages", "table", "decide", "rounds", "fencehistory")
+        ),
         *(
             REPO / f"ccs/{m}.py"
             for m in (

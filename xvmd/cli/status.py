@@ -117,6 +117,10 @@ def _hosts_lines(h: dict[str, Any] | None) -> list[str]:
         lines.append(f"  host {node}: joined, has not published its domains yet")
     for d in h.get("departed", []):
         lines.append(f"  {d['vm']}: last seen active on host {d['node']}, which left")
+    for p in h.get("proofs", []):
+        lines.append(f"  host {p.get('node')} {p.get('name')}: proven down ({p.get('detail')})")
+    if h.get("fencing_history_problem"):
+        lines.append(f"  host cluster's fencing history: {h['fencing_history_problem']}")
     bad = ", ".join(f"{k} {v}" for k, v in sorted(h.get("bad_messages", {}).items()))
     lines.append(
         f"  answers left to other hosts: {h.get('declined', 0)}; bad messages: {bad or 'none'}"

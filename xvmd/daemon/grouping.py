@@ -25,6 +25,7 @@ from xvmd.core.hostgroup import HostGroup
 from xvmd.core.inventory import POLL_INTERVAL, Publisher
 from xvmd.core.policy import Policy
 from xvmd.daemon.placestore import PlacementStore
+from xvmd.daemon.prover import History, Prover
 from xvmd.hosts.group import MAX_NAME, CpgGroup, GroupView
 from xvmd.hosts.messages import Inventory, Proof, ProofKind, ProofRecord
 from xvmd.quorum import QuorumStatus
@@ -59,6 +60,7 @@ class GroupRuntime:
         quorum: Callable[[], QuorumStatus] | None,
         state: str | None = None,
         make_group: Callable[..., CpgGroup] = CpgGroup,
+        history: History | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         self.runner = runner
@@ -79,6 +81,8 @@ class GroupRuntime:
         self._watching = False
         self.store = PlacementStore(state, self.hosts.table) if state else None
         self._saver: asyncio.Task[None] | None = None
+        self.prover = Prover(self.hosts, history) if history is not None else Prover(self.hosts)
+        self._proving: asyncio.Task[None] | None = None
 
     def _on_view(self, view: GroupView) -> None:
         self.hosts.on_membership(view)
@@ -115,6 +119,7 @@ class GroupRuntime:
         if not self._watching:
             log.info("hypervisor sends no domain events: reading its domains every %gs", poll)
         self._task = asyncio.create_task(self.publisher.run(poll))
+        self._proving = asyncio.create_task(self.prover.run())
         await self.cpg.start()
 
     async def _watch(self, loop: asyncio.AbstractEventLoop) -> bool:
@@ -132,7 +137,7 @@ class GroupRuntime:
         """After the drain: leave the group, stop publishing, forget the hypervisor's events."""
         await self.hosts.stop()
         await self.cpg.stop()
-        for task in (self._task, self._saver):
+        for task in (self._task, self._saver, self._proving):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -212,6 +217,7 @@ class GroupRuntime:
                 }
                 for p in table.proofs()
             ],
+            "fencing_history_problem": self.prover.unavailable,
             "state": {
                 "path": self.store.path if self.store else None,
                 "error": self.store.last_error if self.store else None,
