@@ -18,7 +18,7 @@ PACKAGES=(
     iproute2 util-linux               # ip netns, unshare
     python3-venv python3-dev gcc
     # Debian's own modules: the .deb test runs the packaged daemon on them
-    python3-lxml python3-libvirt python3-pyroute2 python3-watchdog
+    python3-lxml python3-libvirt python3-pyroute2 python3-watchdog python3-uvloop
     man-db                            # renders the man page in its test
 )
 missing=()

@@ -112,15 +112,19 @@ def test_killed_libvirtd_event_connection_reopens_and_tells_once(
     assert backend.check_connection()
     assert changes.count == 0
     daemon.kill()  # SIGKILL
+    # The close is told at once: whoever keeps state from events stops trusting it now.
+    assert changes.wait_beyond(0), "the lost event connection was not told"
+    assert not backend.watching()
     assert not backend.check_connection()
-    assert changes.count == 0  # nothing to tell while it is down
+    assert changes.count == 1  # nothing more to tell while it is down
     daemon.start()
     reconnect(backend)
-    assert changes.count == 1, "re-opened: events may have been missed"
+    assert changes.count == 2, "re-opened: events may have been missed"
+    assert backend.watching()
     assert backend.check_connection()
-    assert changes.count == 1  # once
+    assert changes.count == 2  # once
     ok(daemon.virsh("destroy", "test"))
-    assert changes.wait_beyond(1), "no events after the reconnect"
+    assert changes.wait_beyond(2), "no events after the reconnect"
     assert "libvirt event connection closed (end of file)" in caplog.text
 
 
@@ -139,6 +143,6 @@ def test_wedged_libvirtd_is_noticed_by_keepalive(
     finally:
         os.kill(daemon.proc.pid, signal.SIGCONT)
     reconnect(backend)
-    assert changes.count == 1
+    assert changes.count == 2  # told at the close by keepalive, and once re-opened
     ok(daemon.virsh("destroy", "test"))
-    assert changes.wait_beyond(1)
+    assert changes.wait_beyond(2)

@@ -151,9 +151,11 @@ def test_hung_libvirtd_fails_requests_within_budget_in_parallel(
         elapsed = time.monotonic() - t0
     finally:
         os.kill(libvirtd.proc.pid, signal.SIGCONT)
-    # Each fails on its own budget (10 s for queries, 25 s for power actions), concurrently:
-    # a serial daemon would have needed the sum, or hung for ever.
-    assert rcs == [1, 1, 1]
+    # The status is answered from the hypervisor's last events (running: nothing changed it,
+    # a frozen libvirtd changes nothing) until keepalive finds the event connection dead; the
+    # off and the monitor, which must ask libvirtd, fail on their own budgets (25 s, 10 s),
+    # concurrently: a serial daemon would have needed the sum, or hung for ever.
+    assert rcs == [0, 1, 1]
     assert elapsed < 30, elapsed
     assert fence_xvm(ns, *common, "-o", "status", "-H", "test").rc == 0
     assert "no answer from the hypervisor within" in d.log()

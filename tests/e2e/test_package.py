@@ -35,12 +35,13 @@ MANPAGE = REPO / "docs" / "xvmd.8"
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 
 DEBIAN_PYTHON = "/usr/bin/python3"
-DEBIAN_MODULES = ("lxml", "libvirt", "pyroute2", "watchdog")
+DEBIAN_MODULES = ("lxml", "libvirt", "pyroute2", "watchdog", "uvloop")
 APT_PACKAGES = (
     "python3-lxml",
     "python3-libvirt",
     "python3-pyroute2",
     "python3-watchdog",
+    "python3-uvloop",
 )
 SITE = "usr/lib/python3/dist-packages"
 
@@ -50,6 +51,7 @@ DEPENDS = {
     "python3-libvirt",
     "python3-pyroute2",
     "python3-watchdog",
+    "python3-uvloop",
 }
 RECOMMENDS = {"libquorum5", "libvotequorum8", "libcmap4", "libcfg7", "fence-virt"}
 SUGGESTS = {"corosync", "libvirt-daemon-system"}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -87,6 +87,36 @@ def exact_match(target: str, named: DomainInfo | None, by_uuid: DomainInfo | Non
     return found
 
 
+def match(
+    domains: Iterable[DomainInfo], target: str, *, exact: bool = False, uuid_only: bool = False
+) -> DomainInfo:
+    """``Backend.lookup``'s rules over a list of domains: by UUID when ``target`` has UUID form
+    (and not ``exact``) or ``uuid_only``; ``exact``: the exact name or the UUID, never both
+    meaning two domains; else the exact name, then a unique case-insensitive one. Raises
+    DomainNotFound or AmbiguousDomain."""
+    listed = list(domains)
+    by_uuid = None
+    if is_uuid(target):
+        wanted = target.lower()
+        by_uuid = next((d for d in listed if d.uuid.lower() == wanted), None)
+    if uuid_only or (is_uuid(target) and not exact):
+        if by_uuid is None:
+            raise DomainNotFound(f"no domain with uuid {target}")
+        return by_uuid
+    named = next((d for d in listed if d.name == target), None)
+    if exact:
+        return exact_match(target, named, by_uuid)
+    if named is not None:
+        return named
+    folded = target.casefold()
+    hits = [d for d in listed if d.name.casefold() == folded]
+    if len(hits) == 1:
+        return hits[0]
+    if hits:
+        raise AmbiguousDomain(f"{target!r} is ambiguous")
+    raise DomainNotFound(f"no domain named {target!r}")
+
+
 class BackendUnavailable(BackendError):
     """The hypervisor cannot be reached right now; a reconnect is under way."""
 
@@ -147,6 +177,10 @@ class Backend(Protocol):
 
     def unwatch(self) -> None:
         """Stop calling ``changed``: not called again once this returns. Idempotent; blocks."""
+
+    def watching(self) -> bool:
+        """Whether events flow right now: subscribed, and the event connection not known to be
+        lost. Answers at once (no hypervisor call): the caller asks on its event loop."""
 
     def close(self) -> None:
         """Drop the connection (and stop watching)."""

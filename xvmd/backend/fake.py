@@ -14,14 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from xvmd.backend import (
-    AmbiguousDomain,
     BackendError,
     BackendUnavailable,
     DomainInfo,
     DomainNotFound,
     DomainState,
-    exact_match,
-    is_uuid,
+    match,
 )
 
 
@@ -109,25 +107,8 @@ class FakeBackend:
         # The same rules as LibvirtBackend.lookup (see Backend.lookup).
         self._enter("lookup", target)
         with self._lock:
-            by_uuid = self._domains.get(target.lower()) if is_uuid(target) else None
-            if uuid_only or (is_uuid(target) and not exact):
-                if by_uuid is None:
-                    raise DomainNotFound(f"no domain with uuid {target}")
-                return by_uuid.info
-            named = [d for d in self._domains.values() if d.info.name == target]
-            if exact:
-                return exact_match(
-                    target, named[0].info if named else None, by_uuid.info if by_uuid else None
-                )
-            if named:
-                return named[0].info
-            folded = target.casefold()
-            hits = [d for d in self._domains.values() if d.info.name.casefold() == folded]
-            if len(hits) == 1:
-                return hits[0].info
-            if hits:
-                raise AmbiguousDomain(f"{target!r} is ambiguous")
-        raise DomainNotFound(f"no domain named {target!r}")
+            infos = [d.info for d in self._domains.values()]
+        return match(infos, target, exact=exact, uuid_only=uuid_only)
 
     def state(self, uuid: str) -> DomainInfo | None:
         self._enter("state", uuid)
@@ -189,6 +170,10 @@ class FakeBackend:
     def unwatch(self) -> None:
         with self._lock:
             self._changed = None
+
+    def watching(self) -> bool:
+        with self._lock:
+            return self._changed is not None
 
     def close(self) -> None:
         self.unwatch()

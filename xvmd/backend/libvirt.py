@@ -225,6 +225,9 @@ class LibvirtBackend:
     def watch(self, changed: Callable[[], None]) -> bool:
         return self._events.start(changed)
 
+    def watching(self) -> bool:
+        return self._events.healthy
+
     def unwatch(self) -> None:
         self._events.stop()
 

@@ -143,6 +143,12 @@ class LifecycleWatch:
                 self._changed = None
             return False
 
+    @property
+    def healthy(self) -> bool:
+        """Subscribed, and the connection not known to be lost (no hypervisor call)."""
+        with self._state:
+            return self._changed is not None and self._sub is not None and not self._lost
+
     def stop(self) -> None:
         """No ``changed`` call after this returns; drops the event connection. Idempotent."""
         with self._setup:
@@ -246,6 +252,8 @@ class LifecycleWatch:
             self._lost = True
         why = _CLOSE_REASONS.get(reason, str(reason))
         log.warning("libvirt event connection closed (%s); events resume after a reconnect", why)
+        # Whoever keeps state from events must stop trusting it now, not at the reconnect.
+        self._notify(generation)
 
     def _notify(self, generation: int | None) -> None:
         with self._dispatch:

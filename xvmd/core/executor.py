@@ -15,14 +15,22 @@ import concurrent.futures
 import functools
 import logging
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
-from xvmd.backend import Backend, BackendError, DomainInfo
+from xvmd.backend import Backend, BackendError, DomainInfo, DomainNotFound, match
 from xvmd.core import operations
 from xvmd.core.operations import Clock, Outcome
 from xvmd.protocol.wire import HostRecord, Op, Result
 
 T = TypeVar("T")
+
+
+class Known(Protocol):
+    """Where queries may find the domains without asking the hypervisor (``DomainCache``)."""
+
+    def domains(self) -> tuple[DomainInfo, ...] | None: ...
+
+
 log = logging.getLogger("xvmd")
 
 POWER_BUDGET = 25.0
@@ -69,6 +77,7 @@ class BackendRunner:
         self._confirm_timeout = confirm_timeout
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="backend")
         self._locks: dict[str, _DomainLock] = {}
+        self.known: Known | None = None  # queries read it when it has the domains
 
     @property
     def held_domains(self) -> frozenset[str]:
@@ -94,6 +103,9 @@ class BackendRunner:
 
     async def hostlist(self, deadline: float) -> list[HostRecord]:
         """Raises OutOfTime or BackendError."""
+        known = self.known.domains() if self.known is not None else None
+        if known is not None:
+            return [HostRecord(d.name, d.uuid, int(d.state)) for d in known]
         return await self._run(deadline, operations.host_records, self.backend)
 
     async def check_connection(self, deadline: float) -> bool:
@@ -118,6 +130,9 @@ class BackendRunner:
         ``exact`` and ``uuid_only`` choose how the target is matched (``Backend.lookup``).
         """
         budget = deadline - asyncio.get_running_loop().time()
+        known = self.known.domains() if op is Op.STATUS and self.known is not None else None
+        if known is not None:
+            return self._status_of(known, target, allowed, exact, uuid_only)
         try:
             if not op.needs_domain:
                 return await self._run(deadline, self._perform, op, None, deadline)
@@ -135,6 +150,26 @@ class BackendRunner:
             return Outcome(Result.FAIL, f"no answer from the hypervisor within {budget:g}s")
         except BackendError as exc:
             return Outcome(Result.FAIL, f"hypervisor error: {exc}")
+
+    def _status_of(
+        self,
+        known: tuple[DomainInfo, ...],
+        target: str,
+        allowed: Callable[[DomainInfo | None], bool] | None,
+        exact: bool,
+        uuid_only: bool,
+    ) -> Outcome:
+        """A status from the domains the events left (no hypervisor call, no thread)."""
+        try:
+            dom: DomainInfo | None = match(known, target, exact=exact, uuid_only=uuid_only)
+        except DomainNotFound:
+            dom = None
+        except BackendError as exc:  # ambiguous: not "absent"
+            return Outcome(Result.FAIL, f"hypervisor error: {exc}")
+        if allowed is not None and not allowed(dom):
+            what = f"domain {dom.name}" if dom else f"{target!r} (no such domain)"
+            return Outcome(Result.PERM, f"{what} belongs to no cluster node of this device")
+        return operations.perform(self.backend, Op.STATUS, dom, self._clock)
 
     def _perform(self, op: Op, dom: DomainInfo | None, deadline: float) -> Outcome:
         # Runs in a worker, after this domain's lock was taken: re-read the state, since a

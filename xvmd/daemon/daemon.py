@@ -19,6 +19,7 @@ from typing import Any
 from ccs.load import Snapshot
 from xvmd import __version__
 from xvmd.backend import Backend
+from xvmd.core.domcache import DomainCache
 from xvmd.core.executor import BackendRunner
 from xvmd.core.limits import Limits
 from xvmd.core.operations import Clock
@@ -76,6 +77,7 @@ class Daemon:
         self._reloader: Reloader | None = None
         self._audit: AuditLog | None = None
         self._group: GroupRuntime | None = None
+        self._cache: DomainCache | None = None
 
     def request_stop(self) -> None:
         if not self._stop.is_set():
@@ -167,11 +169,13 @@ class Daemon:
         )
         if audit is not None:
             _restore_replay_memory(service, audit.path, loop.time())
+        self._cache = DomainCache(runner)
         if self.quorum is not None and self.snapshot is not None:
             # Several hosts may serve this guest cluster: they decide together who answers.
             self._group = GroupRuntime(
                 self.snapshot.cluster.name,
                 runner,
+                self._cache,
                 policy=lambda: service.policy,
                 quorum=self.quorum.current,
                 state=self.settings.state,
@@ -213,6 +217,9 @@ class Daemon:
         audit = self._audit
         if self.quorum is not None:
             await self.quorum.start()
+        assert self._cache is not None
+        if await self._cache.start():  # queries answered from the hypervisor's events
+            runner.known = self._cache
         if self._group is not None:
             await self._group.start()
         await self._listen(sockets, service)
@@ -272,6 +279,8 @@ class Daemon:
                 log.warning("%d requests cut off at exit after %gs", left, DRAIN_TIMEOUT)
         if self._group is not None:
             await self._group.stop()
+        if self._cache is not None:
+            await self._cache.stop()
         if self.quorum is not None:
             await self.quorum.stop()
         runner.shutdown()
@@ -349,6 +358,8 @@ class Daemon:
                 )
                 self.backend_up = now_up
             service.log_summaries()
+            if self._cache is not None:
+                self._cache.refresh_if_empty()
             if loop.time() - last_stats >= STATS_INTERVAL:
                 last_stats = loop.time()
                 if service.stats.dropped != reported:

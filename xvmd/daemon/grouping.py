@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from xvmd.core.executor import BackendRunner, OutOfTime
+from xvmd.core.domcache import DomainCache
+from xvmd.core.executor import BackendRunner
 from xvmd.core.hostgroup import HostGroup
 from xvmd.core.inventory import POLL_INTERVAL, Publisher
 from xvmd.core.policy import Policy
@@ -33,7 +34,6 @@ from xvmd.quorum import QuorumStatus
 log = logging.getLogger("xvmd.hosts")
 
 CONFIRM_WAIT = 5.0  # seconds an operator's confirmation may take to come back over CPG
-WATCH_BUDGET = 10.0  # seconds for registering (or dropping) the hypervisor's event callback
 
 
 def _refused(why: str) -> dict[str, Any]:
@@ -55,6 +55,7 @@ class GroupRuntime:
         self,
         cluster: str,
         runner: BackendRunner,
+        cache: DomainCache,
         *,
         policy: Callable[[], Policy],
         quorum: Callable[[], QuorumStatus] | None,
@@ -64,6 +65,7 @@ class GroupRuntime:
     ) -> None:
         loop = asyncio.get_running_loop()
         self.runner = runner
+        self.cache = cache
         self._quorum = quorum
         self.hosts = HostGroup(runner, policy=policy, quorum=quorum, now=loop.time)
         self.cpg = make_group(group_name(cluster), self.hosts.on_message, self._on_view)
@@ -110,11 +112,11 @@ class GroupRuntime:
         self.publisher.changed()
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         if self.store is not None:
             await self.store.restore()  # before the first view: VMs of hosts still away
             self._saver = asyncio.create_task(self.store.run())
-        self._watching = await self._watch(loop)
+        self._watching = self.cache.events  # the daemon subscribed the cache before this
+        self.cache.subscribe(self.publisher.changed)
         poll = None if self._watching else POLL_INTERVAL
         if not self._watching:
             log.info("hypervisor sends no domain events: reading its domains every %gs", poll)
@@ -122,19 +124,8 @@ class GroupRuntime:
         self._proving = asyncio.create_task(self.prover.run())
         await self.cpg.start()
 
-    async def _watch(self, loop: asyncio.AbstractEventLoop) -> bool:
-        def changed() -> None:  # from the hypervisor's event thread
-            loop.call_soon_threadsafe(self.publisher.changed)
-
-        watch = self.runner.backend.watch
-        try:
-            ok: bool = await self.runner.call(loop.time() + WATCH_BUDGET, watch, changed)
-        except OutOfTime:
-            return False
-        return ok
-
     async def stop(self) -> None:
-        """After the drain: leave the group, stop publishing, forget the hypervisor's events."""
+        """After the drain: leave the group, stop publishing and looking for proofs."""
         await self.hosts.stop()
         await self.cpg.stop()
         for task in (self._task, self._saver, self._proving):
@@ -144,10 +135,6 @@ class GroupRuntime:
                     await task
         if self.store is not None:
             await self.store.save_now()
-        if self._watching:
-            unwatch = self.runner.backend.unwatch
-            with contextlib.suppress(OutOfTime):
-                await self.runner.call(asyncio.get_running_loop().time() + 2.0, unwatch)
 
     async def confirm_down(self, host: str, by: str) -> dict[str, Any]:
         """An operator's word that ``host`` is down: accepted only for a known host that has

@@ -15,6 +15,7 @@ from tests.unit.fakes import until
 from tests.unit.hosts.fake_cpg import FakeCpgCluster
 from xvmd.backend import DomainInfo, DomainState
 from xvmd.backend.fake import FakeBackend
+from xvmd.core.domcache import DomainCache
 from xvmd.core.executor import BackendRunner
 from xvmd.core.operations import Clock
 from xvmd.core.policy import Policy
@@ -42,6 +43,7 @@ def runtime(
     return GroupRuntime(
         "guests",
         runner,
+        DomainCache(runner),
         policy=lambda: Policy.unrestricted([KEY]),
         quorum=quorum({1: "hv1", 2: "hv2", 3: "hv3"}),
         make_group=functools.partial(CpgGroup, library=lambda: lib),
