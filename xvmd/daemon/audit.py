@@ -27,6 +27,7 @@ import time
 from typing import Any, NoReturn
 
 from ccs.source import describe
+from xvmd.protocol.history import History, key_of
 from xvmd.protocol.wire import Op
 
 log = logging.getLogger("xvmd.audit")
@@ -359,3 +360,21 @@ def _scan(lines: Any, since: float, out: list[tuple[float, str, int, str]]) -> b
                 continue
             out.append((epoch, str(rec["op"]), rec["seqno"], str(rec.get("target") or "")))
     return True
+
+
+def restore_replay_memory(history: History, path: str, now: float) -> None:
+    """Power actions handled within the last hour stay refused as replays across a restart
+    (``now``: the history's clock)."""
+    wall = time.time()
+    ops = {op.label: op for op in Op}
+    found = handled_power_actions(path, wall - history.done_window)
+    for epoch, label, seqno, target in found:
+        history.remember_done(key_of(ops[label], seqno, target), now - (wall - epoch))
+    if found:
+        log.info(
+            "replay protection: %d power actions of the last hour read from %s (and %s%s)",
+            len(found),
+            path,
+            path,
+            ROTATED_SUFFIX,
+        )

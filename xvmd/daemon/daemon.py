@@ -26,7 +26,7 @@ from xvmd.core.operations import Clock
 from xvmd.core.policy import Policy
 from xvmd.core.service import FenceService, Hashes
 from xvmd.daemon import commands, control, statusdoc, systemd
-from xvmd.daemon.audit import ROTATED_SUFFIX, AuditError, AuditLog, handled_power_actions
+from xvmd.daemon.audit import AuditError, AuditLog, restore_replay_memory
 from xvmd.daemon.grouping import GroupRuntime
 from xvmd.daemon.keys import KeyFileError, load_key
 from xvmd.daemon.reloader import Reloader
@@ -35,8 +35,6 @@ from xvmd.daemon.shutdown import CLOSE_TIMEOUT, close_within
 from xvmd.daemon.sockets import StartupError, bind_error, open_sockets
 from xvmd.net import tcp, udp
 from xvmd.net.iface import LinkEvent, LinkFollower, LinkWatcher
-from xvmd.protocol.history import key_of
-from xvmd.protocol.wire import Op
 from xvmd.quorum import QuorumSource
 
 log = logging.getLogger("xvmd")
@@ -168,7 +166,7 @@ class Daemon:
             audit=audit,
         )
         if audit is not None:
-            _restore_replay_memory(service, audit.path, loop.time())
+            restore_replay_memory(service.history, audit.path, loop.time())
         self._cache = DomainCache(runner)
         if self.quorum is not None and self.snapshot is not None:
             # Several hosts may serve this guest cluster: they decide together who answers.
@@ -375,24 +373,6 @@ async def _watchdog(interval: float | None) -> None:
     while True:
         systemd.watchdog()
         await asyncio.sleep(interval)
-
-
-def _restore_replay_memory(service: FenceService, path: str, now: float) -> None:
-    """Power actions handled within the last hour stay refused as replays across a restart."""
-    history = service.history
-    wall = time.time()
-    ops = {op.label: op for op in Op}
-    found = handled_power_actions(path, wall - history.done_window)
-    for epoch, label, seqno, target in found:
-        history.remember_done(key_of(ops[label], seqno, target), now - (wall - epoch))
-    if found:
-        log.info(
-            "replay protection: %d power actions of the last hour read from %s (and %s%s)",
-            len(found),
-            path,
-            path,
-            ROTATED_SUFFIX,
-        )
 
 
 def _log_stats(service: FenceService, final: bool = False) -> None:
