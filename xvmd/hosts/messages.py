@@ -96,7 +96,9 @@ class Inventory:
     devices: tuple[DeviceTag, ...]
     domains: tuple[DomainRecord, ...]
     departed: tuple[Departed, ...] = ()
-    proven: tuple[ProofRecord, ...] = ()  # hosts it holds proven down: a newcomer learns them
+    # Hosts its sender holds proven down, for `xvmd status` only: a proof is never taken from
+    # an inventory (it may be stale news from a partition; see ``Table.membership``).
+    proven: tuple[ProofRecord, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

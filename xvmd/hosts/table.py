@@ -7,9 +7,12 @@ Rules:
 2. A member's inventory is the truth about that member; an inventory from a host that is not a
    member (sent before it left) is ignored, and a member that left takes its inventory along.
 3. Where a VM was last seen active is remembered after its host leaves: such a VM may still run
-   there, so it is never reported off on the strength of not being seen. A host that joins
-   learns these from the others' inventories (``departed``), but never overrides what it saw.
-4. Bounded: at most ``MAX_REMEMBERED`` VMs are remembered as once seen.
+   there, so it is never reported off on the strength of not being seen. Every member believes
+   what the others' inventories say of hosts that are away (``departed``): it can only make
+   answers more careful, and it may be news from while this member was cut off.
+4. A proof that a host is down is taken only from a ``Proof`` message, never an inventory, and
+   any host joining voids every proof: partitions that meet again may hold different news.
+5. Bounded: at most ``MAX_REMEMBERED`` VMs are remembered as once seen.
 """
 
 from __future__ import annotations
@@ -53,14 +56,18 @@ class Table:
     # -- what CPG delivers -------------------------------------------------------------------
 
     def membership(self, members: Iterable[int], now: float = 0.0) -> None:
-        """A new view: members that left take their inventories along; new ones are pending,
-        and any proof that one of them was down is void."""
+        """A new view: members that left take their inventories along; new ones are pending.
+        Any host joining voids every proof: it may bring news this partition never had (a
+        proven host that came back and went again while they were apart), and a proof must be
+        found again (the host cluster's history is read again; an operator confirms again)."""
         new = frozenset(members)
         for node in self._members - new:
             self._left_at[node] = now
-        for node in new - self._members:
+        joined = new - self._members
+        for node in joined:
             self._joined_at[node] = now
-            self._proofs.pop(node, None)
+        if joined:
+            self._proofs.clear()
         self._members = new
         self.version += 1
         for node in list(self._inventories):
@@ -82,8 +89,6 @@ class Table:
         self._inventories[inv.node] = inv
         self._names[inv.node] = inv.name
         self.version += 1
-        for proof in inv.proven:
-            self.prove(proof)  # a newcomer learns what the others hold proven
         active = {d.uuid: d.name for d in inv.domains if d.active}
         for uuid, nodes in list(self._active_at.items()):
             if inv.node in nodes and uuid not in active:
@@ -95,8 +100,11 @@ class Table:
         for d in inv.domains:
             self._remember(d.uuid, d.name)
         for gone in inv.departed:
-            if gone.uuid not in self._seen and not self.published(gone.node):
-                self._active_at.setdefault(gone.uuid, {})[gone.node] = gone.name  # news to us
+            # Believed whenever its host is away: it can only make answers more careful, and
+            # it may be news from while this host was cut off (a host that came back to the
+            # others, ran the VM and went again).
+            if gone.node not in self._members:
+                self._active_at.setdefault(gone.uuid, {})[gone.node] = gone.name
                 self._remember(gone.uuid, gone.name)
         return True
 

@@ -268,15 +268,42 @@ def test_a_proof_counts_only_while_the_host_is_away() -> None:
     assert ask(t, Op.OFF).result is Result.FAIL  # left again: needs a new proof
 
 
-def test_a_newcomer_learns_the_proofs_the_others_hold() -> None:
+def test_a_proof_never_comes_from_an_inventory() -> None:
     proof = ProofRecord(2, ProofKind.FENCED, "fenced")
     t = Table()
     t.membership([1, 3])
     departed = (Departed("vm1", UUIDS["vm1"], 2),)
     t.inventory(Inventory(1, "host1", 1, (DeviceTag("xvm", F1),), (), departed, (proof,)))
     t.inventory(inv(3, (F1,)))  # this host, the newcomer
-    assert t.proof(2) == proof
-    assert ask(t, Op.OFF).result is Result.SUCCESS
+    assert t.proof(2) is None
+    assert ask(t, Op.OFF).result is Result.FAIL  # until found again, or confirmed again
+
+
+def test_a_stale_proof_from_a_partition_never_fences_a_host_that_came_back_and_went() -> None:
+    """Host 2 is cut off holding a proof that host 3 is down; meanwhile host 3 comes back to
+    host 1, starts vm1 and is cut off in turn. When host 2 heals, neither host may report vm1
+    fenced on the strength of host 2's old proof (found by the randomized run, seed 1)."""
+    proof = ProofRecord(3, ProofKind.OPERATOR, "confirmed")
+    t1, t2 = Table(), Table()
+    for t in (t1, t2):
+        t.membership([1, 2])
+        t.inventory(inv(1, (F1,), vm1=OFF))
+        t.inventory(inv(2, (F1,)))
+        t.prove(proof)
+    t2.membership([2])
+    t1.membership([1])
+    t1.membership([1, 3])
+    t1.inventory(inv(1, (F1,), vm1=OFF))
+    t1.inventory(inv(3, (F1,), vm1=ON))
+    t1.membership([1])  # host 3 cut off, vm1 running there
+    for t in (t1, t2):
+        t.membership([1, 2])  # host 2 heals and meets host 1
+        t.inventory(Inventory(1, "host1", 9, (DeviceTag("xvm", F1),), (), t1.departed()))
+        t.inventory(Inventory(2, "host2", 9, (DeviceTag("xvm", F1),), (), t2.departed()))
+    for t in (t1, t2):
+        for op in (Op.OFF, Op.REBOOT, Op.STATUS):
+            d = decide(t, op, "vm1", False, F1)
+            assert not (d.route is Route.ANSWER and d.result in (Result.SUCCESS, Result.OFF)), d
 
 
 # -- safety over generated event orders ----------------------------------------------------------
