@@ -11,7 +11,6 @@ reported fenced; a forward whose target host dies mid-operation fails within the
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import time
@@ -23,7 +22,6 @@ import pytest
 
 from tests.support.corosync_lab import Lab, Node, corosync_conf
 from tests.support.harness import (
-    FIXTURES,
     ClientResult,
     Netns,
     Xvmd,
@@ -31,12 +29,10 @@ from tests.support.harness import (
     parse_list,
     run_xvmd_once,
 )
+from tests.support.multihost_lab import GROUP, GUEST, PORT, cluster_conf, make_bridge, plug
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("corosync_installed")]
 
-PORT = 22231
-GROUP = "225.0.0.12"
-GUEST = "10.77.0.100"
 RUN, OFF = 1, 5
 
 
@@ -51,30 +47,6 @@ def domains_xml(path: Path, vms: dict[str, int]) -> Path:
     )
     path.write_text(f"<node xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>{rows}</node>")
     return path
-
-
-def cluster_conf(root: Path, devices: dict[str, str], nodes: dict[str, tuple[str, str]]) -> Path:
-    """``devices``: device -> key fixture; ``nodes``: node -> (device, VM). node1 sends."""
-    root.mkdir(parents=True, exist_ok=True)
-    devs = []
-    for device, fixture in devices.items():
-        key = root / f"{device}.key"
-        shutil.copy(FIXTURES / "keys" / fixture, key)
-        key.chmod(0o600)
-        devs.append(f'<fencedevice name="{device}" agent="fence_xvm" key_file="{key}"/>')
-    members = "".join(
-        f'<clusternode name="{node}" nodeid="{i}">'
-        + (f'<altname name="{GUEST}"/>' if i == 1 else "")
-        + f'<fence><method name="1"><device name="{dev}" port="{vm}"/></method></fence>'
-        "</clusternode>"
-        for i, (node, (dev, vm)) in enumerate(nodes.items(), start=1)
-    )
-    conf = root / "cluster.conf"
-    conf.write_text(
-        f'<cluster name="guests" config_version="1"><clusternodes>{members}</clusternodes>'
-        f"<fencedevices>{''.join(devs)}</fencedevices></cluster>\n"
-    )
-    return conf
 
 
 @dataclass
@@ -98,28 +70,17 @@ class Site:
 def build(
     lab: Lab, tmp: Path, layouts: list[dict[str, int]], served: list[str], conf: Path
 ) -> Site:
-    bridge = lab.netns("xvmd-mbr")
-    bridge.ip("link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
-    bridge.ip("link", "set", "br0", "up")
+    bridge = make_bridge(lab, "xvmd-mbr")
     addrs = [(n, f"10.77.0.{n}") for n in (1, 2, 3)]
-
-    def plug(ns: Netns, port: str, addr: str) -> None:
-        bridge.ip("link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns.name)
-        bridge.ip("link", "set", port, "master", "br0")
-        bridge.ip("link", "set", port, "up")
-        ns.ip("addr", "add", f"{addr}/24", "dev", "eth0")
-        ns.ip("link", "set", "eth0", "up")
-        ns.ip("route", "add", "224.0.0.0/4", "dev", "eth0")
-
     hosts = []
     for n, addr in addrs:
         ns = lab.netns(f"xvmd-mh{n}")
-        plug(ns, f"vh{n}", addr)
+        plug(bridge, ns, f"vh{n}", addr)
         host = lab.node(f"mh{n}", ns)
         host.start_corosync(corosync_conf(tmp / f"mh{n}", addrs, name="hosts"))
         hosts.append(host)
     guest = lab.netns("xvmd-mg")
-    plug(guest, "vg", GUEST)
+    plug(bridge, guest, "vg", GUEST)
     daemons = []
     for n, (host, vms, device) in enumerate(zip(hosts, layouts, served, strict=True), start=1):
         xml = domains_xml(tmp / f"domains{n}.xml", vms)
