@@ -74,6 +74,14 @@ class Pipeline:
         """The multicast path: connect back to the request's callback, or to the callback of
         a copy from another of the node's addresses when that one cannot be reached."""
         req = job.req
+        status = self.quorum_status()
+        if self.hosts is not None and status is not None and not status.quorate:
+            # Lost quorum between the claim and its round: take no part, not even a
+            # connect-back (the client accepts only the first one; the quorate hosts answer).
+            self.stats.drop(DropReason.INQUORATE)
+            log.info("%s %s: not quorate any more, left to the quorate hosts", req.op.label,
+                     req.shown_target)  # fmt: skip
+            return
         candidate: FenceRequest | None = req
         while candidate is not None:
             assert candidate.callback is not None
@@ -99,7 +107,12 @@ class Pipeline:
             return
         req = job.req
         deadline = self._now() + self.runner.budget_for(req.op)
-        gate, why = quorum_gate(req.op, self.quorum_status())
+        status = self.quorum_status()
+        gate, why = quorum_gate(req.op, status)
+        if self.hosts is not None and status is not None and not status.quorate:
+            # Several hosts: an inquorate host takes no part, queries included (its view of
+            # where VMs run may be a lone partition's; the quorate hosts answer).
+            gate, why = Gate.DROP, f"this host is not quorate ({status.reason})"
         if gate is Gate.DROP:
             self._lost_quorum(job, channel, why)
             return

@@ -33,6 +33,7 @@ from xvmd.core.policy import Policy
 from xvmd.core.service import FenceService, Hashes
 from xvmd.protocol.auth import Key
 from xvmd.protocol.wire import HashType, Op, Result
+from xvmd.quorum import QuorumStatus
 
 UUID = {f"vm{i}": f"00000000-0000-4000-8000-{i:012d}" for i in range(1, 5)}
 RUN, OFF = DomainState.RUNNING, DomainState.SHUTOFF
@@ -120,18 +121,24 @@ def policy_for(conf: Path, devices: list[str]) -> Policy:
     return Policy.from_snapshot(snap)
 
 
-def make_host(bus: Bus, node: int, policy: Policy, domains: dict[str, DomainState]) -> Host:
+def make_host(
+    bus: Bus,
+    node: int,
+    policy: Policy,
+    domains: dict[str, DomainState],
+    quorum: Callable[[], QuorumStatus] = lambda: QUORATE,
+) -> Host:
     loop = asyncio.get_running_loop()
     backend = FakeBackend([DomainInfo(n, UUID[n], s) for n, s in domains.items()])
     runner = BackendRunner(backend, Clock(time.monotonic, time.sleep), workers=4)
-    hosts = HostGroup(runner, policy=lambda: policy, quorum=lambda: QUORATE, now=loop.time)
+    hosts = HostGroup(runner, policy=lambda: policy, quorum=quorum, now=loop.time)
     hosts.link = bus.link(node)
     service = FenceService(
         Hashes(HashType.SHA256, HashType.SHA256),
         policy,
         runner,
         now=loop.time,
-        quorum=lambda: QUORATE,
+        quorum=quorum,
         hosts=hosts,
     )
     publisher = Publisher(
@@ -390,3 +397,30 @@ def test_bad_and_spoofed_messages_are_dropped_and_counted(shared: tuple[Path, Ke
             assert (reply.result, connects) == (Result.SUCCESS, 1)  # the table is intact
 
     run(scenario)
+
+
+def test_a_host_that_loses_quorum_after_admitting_a_query_does_not_answer_it(
+    shared: tuple[Path, Key],
+) -> None:
+    """Found by the randomized run: a host cut off just after admitting a status decided it
+    alone in its one-host view and answered OFF from its own hypervisor."""
+    conf, key = shared
+    lost = QuorumStatus(True, False, "this partition is not quorate")
+
+    async def scenario() -> int:
+        bus = Bus()
+        policy = policy_for(conf, ["xvm"])
+        quorate = [True]
+        quorum = lambda: QUORATE if quorate[0] else lost  # noqa: E731
+        host = make_host(bus, 1, policy, {"vm1": OFF}, quorum)  # a stale copy of vm1
+        async with group([host], bus):
+            listener = pyclient.callback_listener()
+            packet = pyclient.build(Op.STATUS, "n1", key, port=listener.getsockname()[1])
+            host.service.datagram_received(packet, ("127.0.0.1", 5000))  # admitted, claimed
+            quorate[0] = False  # cut off before its round is decided
+            await settle([host])
+            connects = await asyncio.to_thread(_more_connections, listener)
+            listener.close()
+            return connects
+
+    assert asyncio.run(scenario()) == 0
