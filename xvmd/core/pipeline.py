@@ -70,14 +70,21 @@ class Pipeline:
     def quorum_status(self) -> QuorumStatus | None:
         return self._quorum() if self._quorum else None
 
+    def out_of_group(self) -> str | None:
+        """Why this host takes no part in the group's answers right now (several hosts and not
+        quorate: its view of where VMs run may be a lone partition's), or None."""
+        status = self.quorum_status()
+        if self.hosts is None or status is None or status.quorate:
+            return None
+        return f"this host is not quorate ({status.reason}): the quorate hosts answer"
+
     async def call_back(self, job: Admitted, slot: Slot[Admitted]) -> None:
         """The multicast path: connect back to the request's callback, or to the callback of
         a copy from another of the node's addresses when that one cannot be reached."""
         req = job.req
-        status = self.quorum_status()
-        if self.hosts is not None and status is not None and not status.quorate:
-            # Lost quorum between the claim and its round: take no part, not even a
-            # connect-back (the client accepts only the first one; the quorate hosts answer).
+        if self.out_of_group() is not None:
+            # Lost quorum between the claim and its round: not even a connect-back (the client
+            # accepts only the first one).
             self.stats.drop(DropReason.INQUORATE)
             log.info("%s %s: not quorate any more, left to the quorate hosts", req.op.label,
                      req.shown_target)  # fmt: skip
@@ -107,12 +114,10 @@ class Pipeline:
             return
         req = job.req
         deadline = self._now() + self.runner.budget_for(req.op)
-        status = self.quorum_status()
-        gate, why = quorum_gate(req.op, status)
-        if self.hosts is not None and status is not None and not status.quorate:
-            # Several hosts: an inquorate host takes no part, queries included (its view of
-            # where VMs run may be a lone partition's; the quorate hosts answer).
-            gate, why = Gate.DROP, f"this host is not quorate ({status.reason})"
+        gate, why = quorum_gate(req.op, self.quorum_status())
+        outside = self.out_of_group()
+        if outside is not None:  # queries included
+            gate, why = Gate.DROP, outside
         if gate is Gate.DROP:
             self._lost_quorum(job, channel, why)
             return

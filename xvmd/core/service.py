@@ -169,11 +169,9 @@ class FenceService:
 
     def _propose(self, hosts: HostGroup, job: Admitted, ticket: Ticket) -> None:
         """Claim the request for the group; it is served here only if the round says so."""
-        status = self.pipeline.quorum_status()
-        if status is not None and not status.quorate:
-            # Its table may be a partition's: an inquorate host takes no part at all.
-            why = f"this host is not quorate ({status.reason}): the quorate hosts answer"
-            self._decline_locally(job, ticket, Drop(DropReason.INQUORATE, why))
+        outside = self.pipeline.out_of_group()
+        if outside is not None:
+            self._decline_locally(job, ticket, Drop(DropReason.INQUORATE, outside))
             return
         key = job.ok.scope_key
         if key is None:
