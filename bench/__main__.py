@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import report, scale, scenarios
-from .env import FENCE_VIRTD, FENCE_XVM, REPO, Env, cpu_idle, machine, run, say
+from .env import FENCE_VIRTD, FENCE_XVM, REPO, Env, byte_compile, cpu_idle, machine, run, say
 from .stats import FULL, QUICK, Plan
 
 Scenario = Callable[[Env, Plan], dict[str, Any]]
@@ -83,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(
             f"warning: only {meta['cpu_idle_before']:.0%} of the CPU is idle; numbers will be noisy"
         )
+    byte_compile()
     t0 = time.monotonic()
     results: dict[str, dict[str, Any]] = {}
     e = Env()

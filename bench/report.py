@@ -253,6 +253,8 @@ def render(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
         "stays on but out of /var/lib). fence_virtd: `stdbuf -o0 -e0 fence_virtd -F -d 0 -f "
         "CONF` with the multicast listener on `lo`, `module_path = "
         '"/usr/lib/x86_64-linux-gnu/fence-virt"` and the libvirt backend on the same URI.',
+        "- Before the run the bench writes xvmd's bytecode (`compileall`), as installing "
+        "the package does; otherwise each start would compile every module first.",
         "- Scenarios alternate between the daemons (A/B, then B/A) so drift affects both. "
         "Medians and p99 use linear interpolation between ranks. CPU of a daemon is utime + "
         "stime from `/proc/PID/stat` (all threads); RSS is `VmRSS` from `/proc/PID/status`; "

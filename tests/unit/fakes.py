@@ -143,7 +143,7 @@ class Links:
         self.on_event: LinkEvent | None = None
         self.running = False
 
-    def __call__(self, on_event: LinkEvent) -> Links:
+    def __call__(self, interface: str | None, on_event: LinkEvent) -> Links:
         self.on_event = on_event
         return self
 

@@ -10,7 +10,10 @@ import asyncio
 import errno
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -19,7 +22,7 @@ from tests.support import pyclient
 from xvmd.daemon.settings import Settings
 from xvmd.daemon.sockets import StartupError, bind_error, open_sockets
 from xvmd.net import tcp, udp
-from xvmd.net.iface import InterfaceError, interface_index
+from xvmd.net.iface import InterfaceError, LinkWatcher, follow_links, interface_index, is_loopback
 from xvmd.protocol.auth import Key
 from xvmd.protocol.session import Phase, ServerSession
 from xvmd.protocol.wire import CHALLENGE_SIZE, HashType, Op, Result
@@ -234,9 +237,24 @@ def test_bind_errors_say_what_to_do(code: int, text: str) -> None:
 
 
 def test_interface_index_agrees_with_the_kernel() -> None:
-    assert interface_index("lo") == LO
+    assert interface_index("lo") == int(Path("/sys/class/net/lo/ifindex").read_text())
     with pytest.raises(InterfaceError, match="'nosuch0' does not exist"):
         interface_index("nosuch0")
+
+
+def test_links_are_followed_except_on_loopback() -> None:
+    assert is_loopback("lo")
+    assert not is_loopback("nosuch0")
+    assert follow_links("lo", lambda *_: None) is None  # never re-created: nothing to follow
+    for named in (None, "br-guests"):  # any interface, or one that can come and go
+        assert isinstance(follow_links(named, lambda *_: None), LinkWatcher)
+
+
+def test_pyroute2_is_imported_only_where_links_are_followed() -> None:
+    """pyroute2 costs ~12 MiB and ~90 ms at import: a daemon on loopback must not pay it."""
+    code = "import sys, xvmd.cli.run, xvmd.daemon.daemon; print('pyroute2' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 # -- TCP: the listener and its channels ------------------------------------------------------------

@@ -325,6 +325,9 @@ def run_loop(main: Coroutine[Any, Any, int]) -> int:
 
 def _serve(settings: Settings, policy: Policy, snapshot: Snapshot | None) -> int:
     from xvmd.backend.libvirt import LibvirtBackend  # libvirt loads only when the daemon runs
+
+    backend = LibvirtBackend(settings.uri)
+    backend.warm_up()  # connects while the rest is imported and set up
     from xvmd.daemon import shutdown
     from xvmd.daemon.daemon import Daemon, StartupError, open_sockets
 
@@ -341,7 +344,7 @@ def _serve(settings: Settings, policy: Policy, snapshot: Snapshot | None) -> int
         from xvmd.quorum.source import CorosyncQuorum
 
         quorum = CorosyncQuorum()
-    daemon = Daemon(settings, policy, LibvirtBackend(settings.uri), snapshot, quorum)
+    daemon = Daemon(settings, policy, backend, snapshot, quorum)
     try:
         rc = run_loop(daemon.run(sockets))
     except StartupError as exc:

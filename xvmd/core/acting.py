@@ -9,17 +9,18 @@ Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from xvmd.backend import BackendError
 from xvmd.core.executor import BackendRunner, OutOfTime
-from xvmd.core.hostgroup import HostGroup
 from xvmd.core.intake import Proceed
 from xvmd.core.policy import Policy, Refused
-from xvmd.core.remote import carry_out_routed
-from xvmd.hosts.decide import Route
-from xvmd.hosts.rounds import Round
 from xvmd.protocol.session import ServerSession
 from xvmd.protocol.wire import FenceRequest, Op, Result
+
+if TYPE_CHECKING:  # the multi-host types load only where several hosts serve
+    from xvmd.core.hostgroup import HostGroup
+    from xvmd.hosts.rounds import Round
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +65,9 @@ async def carry_out(
         session.send_result(Result.PERM)
         return Done(Result.PERM, requester.reason)
     decision = job.round.decision if job.round is not None else None
-    if hosts is not None and decision is not None and decision.route is not Route.ACT:
+    if hosts is not None and decision is not None and decision.routed:
+        from xvmd.core.remote import carry_out_routed  # several hosts only: loaded on first use
+
         result, detail = await carry_out_routed(
             hosts, runner, job.req, decision, job.policy, job.ok.scope_key, session, deadline
         )

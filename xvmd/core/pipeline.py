@@ -15,11 +15,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from xvmd.core.accounting import DropAccount, Stats
 from xvmd.core.acting import Admitted, Done, carry_out
 from xvmd.core.executor import BackendRunner
-from xvmd.core.hostgroup import HostGroup
 from xvmd.core.intake import Intake
 from xvmd.core.policy import Gate, quorum_gate
 from xvmd.core.records import Recorder, RequestRecord, log_request
@@ -29,6 +29,9 @@ from xvmd.protocol.drops import DropReason
 from xvmd.protocol.session import ServerSession
 from xvmd.protocol.wire import CHALLENGE_SIZE, FenceRequest, HashType, Result
 from xvmd.quorum import QuorumStatus
+
+if TYPE_CHECKING:  # the multi-host types load only where several hosts serve
+    from xvmd.core.hostgroup import HostGroup
 
 log = logging.getLogger("xvmd")
 

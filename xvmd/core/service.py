@@ -18,21 +18,18 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xvmd.core.accounting import DropAccount, Stats
 from xvmd.core.acting import Admitted
 from xvmd.core.droplog import Drop
 from xvmd.core.executor import BackendRunner
-from xvmd.core.hostgroup import HostGroup, Waiting
 from xvmd.core.intake import Intake
 from xvmd.core.limits import DEFAULT_LIMITS, Limits, Ticket
 from xvmd.core.pipeline import Pipeline
 from xvmd.core.policy import Policy, Refused
 from xvmd.core.records import Recorder, Trail
 from xvmd.core.slots import SessionSlots, Slot
-from xvmd.hosts.messages import Claim
-from xvmd.hosts.rounds import Round
 from xvmd.net import tcp
 from xvmd.protocol.auth import Rejected, check_datagram, verify_request
 from xvmd.protocol.drops import DropReason
@@ -40,6 +37,10 @@ from xvmd.protocol.history import History
 from xvmd.protocol.session import STREAM_REQUEST_TIMEOUT
 from xvmd.protocol.wire import REQUEST_SIZE, HashType, MalformedRequest, parse_request
 from xvmd.quorum import QuorumStatus
+
+if TYPE_CHECKING:  # the multi-host types load only where several hosts serve
+    from xvmd.core.hostgroup import HostGroup
+    from xvmd.hosts.rounds import Round
 
 log = logging.getLogger("xvmd")
 
@@ -183,6 +184,9 @@ class FenceService:
             mapped = job.policy.map(key, job.req.domain)
             if not isinstance(mapped, Refused):
                 domain, uuid_only = mapped.domain, mapped.uuid_only
+        from xvmd.core.hostgroup import Waiting  # loaded already: ``hosts`` is one
+        from xvmd.hosts.messages import Claim
+
         claim = Claim(hosts.me or 0, key.id.hex(), job.req.raw, domain, uuid_only)
         waiting = Waiting(
             job.req,

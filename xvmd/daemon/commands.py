@@ -4,12 +4,14 @@ with who asked (the peer's uid from the kernel) and what became of it."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xvmd.core.records import now_fields
 from xvmd.daemon.audit import AuditLog
 from xvmd.daemon.control import Peer
-from xvmd.daemon.grouping import GroupRuntime
+
+if TYPE_CHECKING:
+    from xvmd.daemon.grouping import GroupRuntime
 
 log = logging.getLogger("xvmd")
 

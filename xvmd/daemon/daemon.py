@@ -14,7 +14,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ccs.load import Snapshot
 from xvmd import __version__
@@ -27,15 +27,17 @@ from xvmd.core.policy import Policy
 from xvmd.core.service import FenceService, Hashes
 from xvmd.daemon import commands, control, statusdoc, systemd
 from xvmd.daemon.audit import AuditError, AuditLog, restore_replay_memory
-from xvmd.daemon.grouping import GroupRuntime
 from xvmd.daemon.keys import KeyFileError, load_key
-from xvmd.daemon.reloader import Reloader
 from xvmd.daemon.settings import ListenAddress, Settings
 from xvmd.daemon.shutdown import CLOSE_TIMEOUT, close_within
 from xvmd.daemon.sockets import StartupError, bind_error, open_sockets
 from xvmd.net import tcp, udp
-from xvmd.net.iface import LinkEvent, LinkFollower, LinkWatcher
+from xvmd.net.iface import LinkEvent, LinkFollower, follow_links
 from xvmd.quorum import QuorumSource
+
+if TYPE_CHECKING:  # imported where used: a single host needs neither at start-up
+    from xvmd.daemon.grouping import GroupRuntime
+    from xvmd.daemon.reloader import Reloader
 
 log = logging.getLogger("xvmd")
 
@@ -55,7 +57,7 @@ class Daemon:
         backend: Backend,
         snapshot: Snapshot | None = None,
         quorum: QuorumSource | None = None,
-        links: Callable[[LinkEvent], LinkFollower] = LinkWatcher,
+        links: Callable[[str | None, LinkEvent], LinkFollower | None] = follow_links,
     ) -> None:
         self.settings = settings
         self.policy = policy
@@ -170,6 +172,8 @@ class Daemon:
         self._cache = DomainCache(runner)
         if self.quorum is not None and self.snapshot is not None:
             # Several hosts may serve this guest cluster: they decide together who answers.
+            from xvmd.daemon.grouping import GroupRuntime
+
             self._group = GroupRuntime(
                 self.snapshot.cluster.name,
                 runner,
@@ -194,6 +198,8 @@ class Daemon:
             service.policy = Policy.from_snapshot(snap)
             if self._group is not None:
                 self._group.changed()  # the devices served may have changed
+
+        from xvmd.daemon.reloader import Reloader
 
         self._reloader = Reloader(
             self.settings.config,
@@ -227,8 +233,9 @@ class Daemon:
         def link_event(name: str, index: int, exists: bool, up: bool) -> None:
             loop.call_soon_threadsafe(self._on_link, name, index, exists, up)
 
-        self._links = self._follow_links(link_event)
-        self._links.start()
+        self._links = self._follow_links(self.settings.interface, link_event)
+        if self._links is not None:
+            self._links.start()
         log.info(
             "xvmd ready: %s on %s; hash >= %s, auth %s; backend %s; %s",
             ", ".join(self.where),

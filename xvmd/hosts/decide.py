@@ -53,6 +53,11 @@ class Decision:
     def answers(self, node: int) -> bool:
         return self.responder == node
 
+    @property
+    def routed(self) -> bool:
+        """Carried out other than by acting on this host's own hypervisor alone."""
+        return self.route is not Route.ACT
+
 
 def decide(table: Table, op: Op, domain: str, uuid_only: bool, fingerprint: str) -> Decision:
     candidates = table.candidates(fingerprint)
