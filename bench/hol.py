@@ -45,6 +45,7 @@ from typing import Any
 from xvmd.protocol.auth import Key
 from xvmd.protocol.wire import Op
 
+from . import tofence
 from .client import probe_once
 from .env import FENCE_XVM, Netns
 
@@ -752,6 +753,8 @@ def run(quick: bool = False) -> dict[str, object]:
                     f"{t.a_restarted}; B sent {b_stats.sent} answered {b_stats.answered} "
                     f"p50 {b_stats.p50_ms} p99 {b_stats.p99_ms} max {b_stats.max_ms} ms"
                 )
+        # The same lab, the same daemons: how long a fence takes (bench/tofence.py).
+        fencing = tofence.run_trials(lab, daemons, rounds, say)
     finally:
         _teardown(list(daemons.values()), lv, defined)
         if os.environ.get("HOL_KEEP_SCRATCH") == "1":
@@ -781,6 +784,7 @@ def run(quick: bool = False) -> dict[str, object]:
         "ratio_b_p99_xvmd_over_fence_virtd": ratio,
         "goals": {**goals, "met": all(goals.values())},
         "trials": [t.to_dict() for t in trials],
+        "time_to_fence": fencing,
     }
 
 

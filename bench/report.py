@@ -197,7 +197,56 @@ def hol(res: dict[str, Any]) -> list[str]:
         "B p99 ratio xvmd/fence_virtd: "
         f"{_f(result.get('ratio_b_p99_xvmd_over_fence_virtd'), 4)}.",
         "",
+        *_fencing(result.get("time_to_fence")),
     ]  # fmt: skip
+
+
+def _fencing(res: Any) -> list[str]:
+    if not isinstance(res, dict):
+        return []
+    rows = []
+    for op in ("off", "reboot"):
+        for name in (XVMD, FVD):
+            d = res.get(op, {}).get(name, {})
+            rows.append([
+                f"`-o {op}`", name, str(d.get("trials")), str(d.get("rc")),
+                _f(_ms(d.get("answer_median_s")), 0), _f(_ms(d.get("qemu_gone_median_s")), 0),
+                _f(_ms(d.get("qemu_back_median_s")), 0), str(d.get("all_honest")),
+                str(d.get("all_done")),
+            ])  # fmt: skip
+    ratios = ", ".join(f"`-o {op}` {_f(res.get(op, {}).get('ratio_answer_median'), 2)}"
+                       for op in ("off", "reboot"))  # fmt: skip
+    return [
+        "### Time to fence",
+        "",
+        "In the same lab, the stock `fence_xvm` powers domain A off (it is started again "
+        "between trials) or reboots it, through each daemon in turn (`bench/tofence.py`). "
+        "Times from spawning `fence_xvm`: *answer* when it exits with the result, *QEMU gone* "
+        "when A's QEMU process ended (a pidfd on it), *QEMU back* when a new one exists; "
+        "*honest*: success never came before the QEMU process was gone; *done*: A shut off, "
+        "or running under a new domain id.",
+        "",
+        *_table(
+            [
+                "op",
+                "daemon",
+                "trials",
+                "rc",
+                "answer median ms",
+                "QEMU gone median ms",
+                "QEMU back median ms",
+                "honest",
+                "done",
+            ],
+            rows,
+        ),
+        f"Answer ratio of medians xvmd/fence_virtd: {ratios}.",
+        "",
+    ]
+
+
+def _ms(seconds: Any) -> float | None:
+    return seconds * 1000 if isinstance(seconds, int | float) else None
 
 
 SECTIONS = {

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from . import tofence
 from .env import DOMAINS_XML, REPO, Daemon, Env, Xvmd, agent, say
 from .stats import FVD, XVMD, Goal, Plan, alternate, ratio, summary
 
@@ -402,6 +403,8 @@ def _hol_goals(result: Any) -> list[Result]:
     verdicts = result.get("goals") if isinstance(result, dict) else None
     if not isinstance(verdicts, dict):
         return []
+    fencing = result.get("time_to_fence")
+    extra = tofence.goals(fencing) if isinstance(fencing, dict) else []
     b = {n: hol_b(d) for n, d in hol_daemons(result).items()}
     note = ", ".join(f"{n} B p99 {v.get('p99_ms')} ms" for n, v in b.items())
     return [
@@ -409,4 +412,4 @@ def _hol_goals(result: Any) -> list[Result]:
              note).asdict()
         for k, v in verdicts.items()
         if k != "met"
-    ]  # fmt: skip
+    ] + extra  # fmt: skip
