@@ -26,6 +26,7 @@ SCENARIOS: dict[str, Scenario] = {
     "scale": scale.scale,
     "footprint": scenarios.footprint,
     "hol": scenarios.hol,
+    "multihost": scenarios.multihost,
 }
 
 

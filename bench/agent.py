@@ -63,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             s.add_argument("--count", type=int, required=True)
             s.add_argument("--concurrency", type=int, required=True)
             s.add_argument("--max-seconds", type=float, default=300)
+            s.add_argument("--address", default="127.0.0.1", help="callbacks; multicast via")
+            s.add_argument("--expect", help="NAME=RESULT,... instead of --domains' states")
         if name == "probe":
             s.add_argument("--target", default="vm-01")
             s.add_argument("--expect", type=int, default=0)
@@ -84,10 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             loadgen.poll(_key(a.key), a.port, a.target, expect, a.interval, a.timeout)
         )
     elif a.cmd == "load":
-        expected = expected_status(Path(a.domains))
+        expected = expected_status(Path(a.domains)) if a.domains != "-" else {}
+        if a.expect:
+            expected = {n: int(r) for n, r in (x.split("=") for x in a.expect.split(","))}
         out = loadgen.load(
-            _key(a.key), a.port, expected, a.count, a.concurrency, max_seconds=a.max_seconds
-        )
+            _key(a.key), a.port, expected, a.count, a.concurrency,
+            max_seconds=a.max_seconds, address=a.address,
+        )  # fmt: skip
     elif a.cmd == "probe":
         out = asyncio.run(
             loadgen.probe(_key(a.key), a.port, a.target, a.expect, a.seconds, a.interval)

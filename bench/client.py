@@ -44,14 +44,16 @@ class ProbeResult:
     error: str = ""
 
 
-def packet(key: Key, op: Op, domain: str, port: int, seqno: int) -> bytes:
-    """A request signed with AUTH whose callback is 127.0.0.1:``port``."""
+def packet(
+    key: Key, op: Op, domain: str, port: int, seqno: int, address: str = "127.0.0.1"
+) -> bytes:
+    """A request signed with AUTH whose callback is ``address``:``port``."""
     return build_request(
         op,
         domain,
         key=key,
         hashtype=AUTH,
-        address="127.0.0.1",
+        address=address,
         port=port,
         seqno=seqno & 0xFFFFFFFF,
         salt=os.urandom(6),
@@ -66,11 +68,14 @@ def session(key: Key, op: Op) -> ClientSession:
 class Client:
     """Sends requests to ``dest`` (the group or 127.0.0.1) and serves their callbacks."""
 
-    def __init__(self, key: Key, port: int, unicast: bool = False) -> None:
+    def __init__(
+        self, key: Key, port: int, unicast: bool = False, address: str = "127.0.0.1"
+    ) -> None:
         self.key = key
+        self.address = address  # callbacks, and the interface multicast leaves by
         self.dest = ("127.0.0.1" if unicast else GROUP, port)
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, _LO)
+        self.udp.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(address))
         self.udp.setblocking(False)
         self._seq = itertools.count(random.randrange(1 << 24))
 
@@ -78,7 +83,7 @@ class Client:
         self.udp.close()
 
     def packet(self, op: Op, domain: str, port: int) -> bytes:
-        return packet(self.key, op, domain, port, next(self._seq))
+        return packet(self.key, op, domain, port, next(self._seq), self.address)
 
     async def request(
         self, op: Op, domain: str, *, retrans: float = 2.0, timeout: float = 10.0
@@ -88,7 +93,7 @@ class Client:
         try:
             lst.setblocking(False)
             lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            lst.bind(("127.0.0.1", 0))
+            lst.bind((self.address, 0))
             lst.listen(4)
             pkt = self.packet(op, domain, lst.getsockname()[1])
             t0 = time.perf_counter()

@@ -31,7 +31,7 @@ CALLBACK_PORTS = range(10_000, 30_000)
 _next_port = itertools.cycle(CALLBACK_PORTS)
 
 
-def _listener() -> socket.socket:
+def _listener(address: str) -> socket.socket:
     """A callback listener on the next free port of CALLBACK_PORTS.
 
     Tens of thousands of finished callbacks sit in TIME_WAIT; ``bind(0)`` would scan the
@@ -43,7 +43,7 @@ def _listener() -> socket.socket:
         lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         lst.setblocking(False)
         try:
-            lst.bind(("127.0.0.1", next(_next_port)))
+            lst.bind((address, next(_next_port)))
         except OSError:
             lst.close()
             continue
@@ -76,6 +76,7 @@ def load(
     *,
     max_seconds: float,
     unicast: bool = False,
+    address: str = "127.0.0.1",
 ) -> dict[str, object]:
     """``count`` status requests, ``concurrency`` in flight, round-robin over ``expected``.
 
@@ -84,7 +85,7 @@ def load(
     byte is not the domain's expected status. A bare epoll loop (no asyncio) keeps the
     generator's own CPU per request low, so that it saturates as late as possible.
     """
-    client = Client(key, port, unicast)
+    client = Client(key, port, unicast, address)
     names = sorted(expected)
     ep = select.epoll()
     by_fd: dict[int, _Req] = {}
@@ -99,7 +100,7 @@ def load(
         nonlocal issued
         name = names[issued % len(names)]
         issued += 1
-        lst = _listener()
+        lst = _listener(address)
         req = _Req(name, lst, client.packet(Op.STATUS, name, lst.getsockname()[1]), perf())
         by_fd[lst.fileno()] = req
         ep.register(lst.fileno(), select.EPOLLIN)

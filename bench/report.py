@@ -249,6 +249,66 @@ def _ms(seconds: Any) -> float | None:
     return seconds * 1000 if isinstance(seconds, int | float) else None
 
 
+def multihost(res: dict[str, Any]) -> list[str]:
+    if res["status"] == "failed":
+        return ["**Failed**:", "", "```", res["error"].strip(), "```", ""]
+    r = res["result"]
+    rows = []
+    for label, part in (("xvmd, 3 hosts (group)", r["group"]),
+                        ("xvmd, one host (--local)", r["single"]["xvmd"]),
+                        ("fence_virtd, one host", r["single"]["fence_virtd"])):  # fmt: skip
+        lat, ld = part["latency"], part["load"]
+        cpu = ", ".join(f"{n} {v:.0f}" for n, v in ld.get("cpu_us_per_req", {}).items())
+        rows.append([
+            label, _f(lat.get("median")), _f(lat.get("p99")), f"{ld['throughput']:.0f}",
+            f"{ld['lost']} / {ld['wrong']}", cpu,
+        ])  # fmt: skip
+    moves = [
+        [m["vm"], f"{m['from']} -> {m['to']}", _f(_ms(m["off_to_on_s"]), 0),
+         _f(_ms(m["first_correct_s"]), 1), str(m["stale_after_start"]), str(m["lost"]),
+         str(m["before_move_ok"])]
+        for m in r["migration"]
+    ]  # fmt: skip
+    return [
+        "Three hosts and a guest on one bridge in namespaces (`bench/multihost.py`, the lab of "
+        "`tests/support/chaos.py`): real corosync (knet), a private libvirtd (test driver) and "
+        "xvmd in cluster mode on each host; the guest's VMs run on hosts 1, 2, 3 and 1, and "
+        "only a VM's owner connects back. The baseline is the same lab with the group stopped "
+        "and one daemon on host 1 (its VMs only). *Latency*: the stock `fence_xvm -o status` "
+        "from the guest; *load*: the load generator, 16 in flight; *CPU*: µs per answered "
+        "request, summed over the processes named (3 xvmd and 3 corosync in the group).",
+        "",
+        *_table(
+            [
+                "daemons",
+                "status median ms",
+                "p99 ms",
+                "req/s (16 in flight)",
+                "lost / wrong",
+                "CPU µs/req",
+            ],
+            rows,
+        ),
+        "A migration as the hosts see it: the VM is destroyed on one host and started on "
+        "another while the guest asks for its status every 10 ms. *First answer*: from the "
+        "start returning on the new host to the first `running` from that host; *stale*: "
+        "answers other than `running` to requests sent after the start.",
+        "",
+        *_table(
+            [
+                "VM",
+                "hosts",
+                "destroy -> started ms",
+                "first answer ms",
+                "stale",
+                "lost",
+                "answered by the old host before",
+            ],
+            moves,
+        ),
+    ]
+
+
 SECTIONS = {
     "latency": ("Latency: the stock `fence_xvm`, end to end", latency),
     "load": ("Load: status requests from a wire-protocol load generator", load),
@@ -256,6 +316,7 @@ SECTIONS = {
     "scale": ("Scale: many domains, start-up, a large cluster.conf and its reload", scale),
     "footprint": ("Footprint: resident memory", footprint),
     "hol": ("Head-of-line blocking with real QEMU domains (`bench/hol.py`)", hol),
+    "multihost": ("Several hosts: the cost of one answer per request", multihost),
 }
 
 

@@ -413,3 +413,16 @@ def _hol_goals(result: Any) -> list[Result]:
         for k, v in verdicts.items()
         if k != "met"
     ] + extra  # fmt: skip
+
+
+# -- several hosts (bench/multihost.py) -----------------------------------------------------------
+
+
+def multihost(e: Env, plan: Plan) -> Result:
+    from . import multihost as mod
+
+    try:
+        result = mod.run(plan.quick)
+    except Exception:
+        return {"status": "failed", "error": traceback.format_exc(limit=5), "goals": []}
+    return {"status": "ran", "result": result, "goals": mod.goals(result)}
