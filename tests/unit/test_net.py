@@ -245,6 +245,10 @@ def test_interface_index_agrees_with_the_kernel() -> None:
 def test_links_are_followed_except_on_loopback() -> None:
     assert is_loopback("lo")
     assert not is_loopback("nosuch0")
+    for _, other in socket.if_nameindex():  # the kernel's word, as sysfs has it where it can
+        sysfs = Path(f"/sys/class/net/{other}/flags")
+        if sysfs.exists():  # sysfs may belong to another network namespace
+            assert is_loopback(other) == bool(int(sysfs.read_text(), 16) & 0x8), other
     assert follow_links("lo", lambda *_: None) is None  # never re-created: nothing to follow
     for named in (None, "br-guests"):  # any interface, or one that can come and go
         assert isinstance(follow_links(named, lambda *_: None), LinkWatcher)

@@ -65,16 +65,15 @@ async def carry_out(
         session.send_result(Result.PERM)
         return Done(Result.PERM, requester.reason)
     decision = job.round.decision if job.round is not None else None
-    if hosts is not None and decision is not None and decision.routed:
-        from xvmd.core.remote import carry_out_routed  # several hosts only: loaded on first use
+    if hosts is not None and decision is not None:
+        from xvmd.core.remote import carry_out_in_group  # several hosts only: loaded on first use
 
-        result, detail = await carry_out_routed(
-            hosts, runner, job.req, decision, job.policy, job.ok.scope_key, session, deadline
-        )
-        return Done(result, detail)
+        return await carry_out_in_group(hosts, runner, job, decision, session, deadline)
     if job.req.op is Op.HOSTLIST:
         return await _hostlist(runner, job, session, deadline)
-    return await _fence(runner, job, session, deadline)
+    done = await act(runner, job, deadline)
+    session.send_result(done.result)
+    return done
 
 
 async def _hostlist(
@@ -93,23 +92,20 @@ async def _hostlist(
     return Done(Result.SUCCESS, f"{len(shown)} of {len(records)} domains")
 
 
-async def _fence(
-    runner: BackendRunner, job: Admitted, session: ServerSession, deadline: float
-) -> Done:
-    """A power action or a query on one domain (or none: null, devstatus)."""
+async def act(runner: BackendRunner, job: Admitted, deadline: float) -> Done:
+    """A power action or a query on one domain (or none: null, devstatus) on this host's
+    hypervisor; the caller sends the result."""
     req = job.req
     allowed, exact, uuid_only = None, False, False
     target = req.domain
     if req.op.needs_domain:
         mapped = job.policy.map(job.ok.scope_key, req.domain)
         if isinstance(mapped, Refused):
-            session.send_result(Result.PERM)
             return Done(Result.PERM, mapped.reason)
         target, allowed = mapped.domain, mapped.allows
         exact, uuid_only = mapped.exact, mapped.uuid_only
     outcome = await runner.fence(
         req.op, target, deadline, allowed, exact=exact, uuid_only=uuid_only
     )
-    session.send_result(outcome.result)
     domain = outcome.domain.name if outcome.domain is not None else target
     return Done(outcome.result, outcome.detail, domain if domain != req.domain else "")

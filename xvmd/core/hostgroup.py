@@ -25,6 +25,8 @@ from typing import Any, Protocol
 from xvmd.core.executor import BackendRunner
 from xvmd.core.limits import Throttle, Ticket
 from xvmd.core.policy import Gate, Policy, quorum_gate
+from xvmd.core.sweeps import SweepResult, Sweeps, read
+from xvmd.hosts.codec import decode, encode
 from xvmd.hosts.messages import (
     BadMessage,
     Claim,
@@ -34,8 +36,8 @@ from xvmd.hosts.messages import (
     Message,
     Outcome,
     Proof,
-    decode,
-    encode,
+    Sweep,
+    Swept,
 )
 from xvmd.hosts.rounds import Round, Rounds, round_key
 from xvmd.hosts.table import Table
@@ -104,6 +106,7 @@ class HostGroup:
         self.declined: deque[dict[str, Any]] = deque(maxlen=RECENT_DECLINED)
         self.declined_total = 0
         self.serve_unclaimed: Callable[[Round], None] | None = None  # set by the service
+        self.sweeps = Sweeps()
 
     @property
     def me(self) -> int | None:
@@ -124,6 +127,7 @@ class HostGroup:
         self.connected = view.connected
         members = view.members if view.connected else ()
         self.table.membership(members, self._wall())
+        self.sweeps.membership(frozenset(members))
         for r in self.rounds.left(set(members)):
             log.info("round of %s ended: host %s left", _what(r.req), r.decision.responder)
         for ident, (to, fut) in list(self._forwards.items()):
@@ -151,6 +155,11 @@ class HostGroup:
                 self._spawn(self._run_forward(msg))
         elif isinstance(msg, Proof):
             self._proven(msg)
+        elif isinstance(msg, Sweep):
+            self._spawn(self._answer_sweep(msg))
+        elif isinstance(msg, Swept):
+            if msg.origin == self.me:
+                self.sweeps.answered(msg)
         elif msg.origin == self.me:
             to, fut = self._forwards.get(msg.ident, (None, None))
             if fut is not None and not fut.done() and to == msg.node:
@@ -275,6 +284,29 @@ class HostGroup:
         )
         return outcome.result, outcome.detail
 
+    # -- sweeps ------------------------------------------------------------------------------
+
+    async def sweep(self, domain: str, uuid_only: bool, deadline: float) -> SweepResult:
+        """Ask every member whether its hypervisor runs ``domain`` now (see core.sweeps)."""
+        me = self.me
+        members = frozenset(self.table.members)
+        ident, future = self.sweeps.start(members)
+        try:
+            if me is None or not self.send(Sweep(ident, me, domain, uuid_only)):
+                return SweepResult((), "the other hosts cannot be asked whether they run it")
+            async with asyncio.timeout_at(deadline):
+                return await future
+        except TimeoutError:
+            hosts = ", ".join(map(str, self.sweeps.missing(ident)))
+            return SweepResult((), f"host {hosts} did not say in time whether it runs it")
+        finally:
+            self.sweeps.end(ident)
+
+    async def _answer_sweep(self, sweep: Sweep) -> None:
+        me = self.me
+        if me is not None:
+            self.send(await read(self.runner, sweep, me, self._now()))
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
@@ -295,6 +327,6 @@ def _what(req: FenceRequest) -> str:
 
 def _check_sender(msg: Message, nodeid: int) -> None:
     """CPG says who sent a message; the message must not say otherwise."""
-    claimed = msg.origin if isinstance(msg, Claim | Forward) else msg.node
+    claimed = msg.origin if isinstance(msg, Claim | Forward | Sweep) else msg.node
     if claimed != nodeid:
         raise BadMessage(f"spoofed: says it is from host {claimed}")

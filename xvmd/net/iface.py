@@ -6,8 +6,10 @@ about 12 MiB and 90 ms to import, which a daemon bound to loopback never needs.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import socket
+import struct
 import threading
 from collections.abc import Callable
 from typing import Protocol
@@ -16,6 +18,7 @@ log = logging.getLogger("xvmd.net")
 
 IFF_UP = 0x1
 IFF_LOOPBACK = 0x8
+SIOCGIFFLAGS = 0x8913
 
 
 class InterfaceError(Exception):
@@ -35,12 +38,18 @@ def interface_index(name: str) -> int:
 
 
 def is_loopback(name: str) -> bool:
-    """Whether ``name`` is a loopback interface, which is never removed or re-created."""
+    """Whether ``name`` is a loopback interface, which is never removed or re-created.
+
+    Asked of the kernel (SIOCGIFFLAGS) in the daemon's own network namespace: /sys/class/net
+    shows the namespace sysfs was mounted in, which need not be the daemon's."""
+    request = struct.pack("16sH", name.encode()[:15], 0)
     try:
-        with open(f"/sys/class/net/{name}/flags", encoding="ascii") as f:
-            return bool(int(f.read(), 16) & IFF_LOOPBACK)
-    except (OSError, ValueError):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            reply = fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, request)
+    except OSError:
         return False
+    (flags,) = struct.unpack_from("H", reply, 16)
+    return bool(flags & IFF_LOOPBACK)
 
 
 LinkEvent = Callable[[str, int, bool, bool], None]

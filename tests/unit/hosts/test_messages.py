@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xvmd.backend import DomainState
+from xvmd.hosts.codec import decode, encode
 from xvmd.hosts.messages import (
     MAX_DOMAINS,
     MAX_MESSAGE,
@@ -24,8 +25,9 @@ from xvmd.hosts.messages import (
     Inventory,
     Message,
     Outcome,
-    decode,
-    encode,
+    Seen,
+    Sweep,
+    Swept,
 )
 from xvmd.protocol.wire import Op
 
@@ -46,6 +48,8 @@ SAMPLES: list[Message] = [
     Claim(2, "0123456789abcdef", bytes(range(176)), "guest-a", uuid_only=True),
     Forward(9, 2, 3, Op.REBOOT, "guest-a", False, 25_000),
     Outcome(9, 2, 3, 1, "still running after destroy"),
+    Sweep(4, 1, "guest-a", False),
+    Swept(4, 1, 3, Seen.UNKNOWN, "hypervisor error: connection reset"),
 ]
 
 
@@ -131,6 +135,11 @@ FORWARD = {
             "request is 3 bytes, not 176",
         ),
         (b" " * (MAX_MESSAGE + 1), f"more than {MAX_MESSAGE}"),
+        (
+            _body(kind="swept", ident=1, origin=1, node=2, seen="probably", detail=""),
+            "seen 'probably' is unknown",
+        ),
+        (_body(kind="sweep", ident=1, origin=1, domain="x"), "sweep: no uuid_only"),
     ],
 )
 def test_what_cannot_be_used_is_refused_with_the_reason(data: bytes, why: str) -> None:
@@ -157,7 +166,7 @@ def test_arbitrary_bytes_are_a_bad_message_or_a_message(data: bytes) -> None:
         st.none() | st.booleans() | st.integers() | st.text(max_size=8),
         lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
     ),
-    st.sampled_from(["inventory", "claim", "forward", "outcome"]),
+    st.sampled_from(["inventory", "claim", "forward", "outcome", "sweep", "swept"]),
 )
 def test_arbitrary_json_of_every_kind_is_a_bad_message_or_a_message(
     value: object, kind: str
