@@ -168,10 +168,12 @@ def migrate(world: ChaosLab, vm: int, src: int, dst: int) -> dict[str, Any]:
     new = f"10.77.0.{dst}"
     after = [s for s in samples if s["sent"] >= t_on]
     first = next((s for s in after if s["result"] == 0 and s["peer"] == new), None)
+    running = next((s for s in after if s["result"] == 0), None)
     return {
         "vm": f"vm-{vm}", "from": src, "to": dst,
         "off_to_on_s": round(t_on - t_off, 4),
         "first_correct_s": round(first["at"] - t_on, 4) if first else None,
+        "first_running_s": round(running["at"] - t_on, 4) if running else None,
         "stale_after_start": sum(1 for s in after if s["result"] not in (0, None)),
         "lost": sum(1 for s in samples if s["result"] is None),
         "before_move_ok": all(
