@@ -21,17 +21,17 @@ def _node_issues(cluster: Cluster) -> list[Issue]:
                     f"name {name!r} is used by nodes {other.name!r} (line {other.line}) and "
                     f"{node.name!r}"
                 )
-                out.append(Issue(Code.DUPLICATE_NODE_NAME, why, f, line))
+                out.append(Issue(Code.DUPLICATE_NODE_NAME, why, node.file or f, line))
         prev = seen_ids.setdefault(node.nodeid, node)
         if prev is not node:
             why = (
                 f"nodeid {node.nodeid} is used by {prev.name!r} (line {prev.line}) and "
                 f"{node.name!r}"
             )
-            out.append(Issue(Code.DUPLICATE_NODEID, why, f, node.line))
+            out.append(Issue(Code.DUPLICATE_NODEID, why, node.file or f, node.line))
         if not any(m.devices for m in node.methods):
             why = f"node {node.name!r} has no fence method with a device"
-            out.append(Issue(Code.NODE_NOT_FENCED, why, f, node.line))
+            out.append(Issue(Code.NODE_NOT_FENCED, why, node.file or f, node.line))
     return out
 
 
@@ -43,7 +43,7 @@ def _device_issues(cluster: Cluster) -> list[Issue]:
         first = defined.setdefault(dev.name, dev)
         if first is not dev:
             why = f"fence device {dev.name!r} is defined twice (first on line {first.line})"
-            out.append(Issue(Code.DUPLICATE_DEVICE_NAME, why, f, dev.line))
+            out.append(Issue(Code.DUPLICATE_DEVICE_NAME, why, dev.file or f, dev.line))
     used: set[str] = set()
     for node in cluster.nodes:
         for method in node.methods:
@@ -54,7 +54,7 @@ def _device_issues(cluster: Cluster) -> list[Issue]:
                         f"node {node.name!r} method {method.name!r} uses device {ref.name!r}, "
                         "which <fencedevices> does not define"
                     )
-                    out.append(Issue(Code.UNDEFINED_DEVICE, why, f, ref.line))
+                    out.append(Issue(Code.UNDEFINED_DEVICE, why, ref.file or f, ref.line))
         for ref in node.unfence:
             if ref.name not in defined:
                 why = f"node {node.name!r} unfence uses device {ref.name!r}, which is not defined"
@@ -62,7 +62,7 @@ def _device_issues(cluster: Cluster) -> list[Issue]:
     for dev in cluster.devices:
         if dev.is_xvm and dev.name not in used:
             why = f"fence device {dev.name!r} is used by no node"
-            out.append(Issue(Code.UNUSED_DEVICE, why, f, dev.line))
+            out.append(Issue(Code.UNUSED_DEVICE, why, dev.file or f, dev.line))
     return out
 
 

@@ -26,6 +26,7 @@ class Code(enum.StrEnum):
     MISSING_ELEMENT = "missing-element"
     MISSING_ATTRIBUTE = "missing-attribute"
     TOO_MANY_NODES = "too-many-nodes"
+    CONF_SYNTAX = "conf-syntax"  # corosync.conf of a Pacemaker guest cluster
     # Values
     BAD_NUMBER = "bad-number"
     BAD_PORT = "bad-port"
@@ -61,6 +62,10 @@ class Code(enum.StrEnum):
     CLUSTER_NAME_LONG = "cluster-name-long"
     UNRESOLVED_NODE = "unresolved-node"
     UUID_SHAPED_VM = "uuid-shaped-vm"
+    # Pacemaker guest clusters (corosync.conf and a CIB export)
+    BAD_HOST_MAP = "bad-host-map"
+    CLUSTER_MISMATCH = "cluster-mismatch"
+    UNKNOWN_NODE = "unknown-node"
 
 
 SEVERITY: dict[Code, Severity] = {code: Severity.ERROR for code in Code}
@@ -75,6 +80,7 @@ SEVERITY.update(
         Code.CLUSTER_NAME_LONG: Severity.WARNING,
         Code.UNRESOLVED_NODE: Severity.WARNING,
         Code.UUID_SHAPED_VM: Severity.WARNING,
+        Code.UNKNOWN_NODE: Severity.WARNING,
     }
 )
 
@@ -82,7 +88,11 @@ DESCRIPTION: dict[Code, str] = {
     Code.CONFIG_UNREADABLE: "cluster.conf itself cannot be read (or is not a regular file)",
     Code.CONFIG_TOO_LARGE: "cluster.conf is larger than 4 MiB; it is not read",
     Code.XML_SYNTAX: "the file is not well-formed XML",
-    Code.NOT_CLUSTER: "the root element is not <cluster>",
+    Code.NOT_CLUSTER: "the root element is neither <cluster> nor <cib> (a Pacemaker CIB export)",
+    Code.CONF_SYNTAX: "a line of the guest cluster's corosync.conf that corosync cannot read",
+    Code.BAD_HOST_MAP: "a pcmk_host_map entry is not node:port",
+    Code.CLUSTER_MISMATCH: "the CIB export and corosync.conf name different clusters",
+    Code.UNKNOWN_NODE: "a fence device's map names a node that corosync.conf does not have",
     Code.MISSING_ELEMENT: "a required element is missing",
     Code.MISSING_ATTRIBUTE: "a required attribute is missing or empty",
     Code.TOO_MANY_NODES: "more than 1024 cluster nodes; the nodes are not read",

@@ -26,6 +26,7 @@ class DeviceRef:
     name: str
     attrs: Mapping[str, str]
     line: int
+    file: str = ""  # where it came from, when not the cluster's own file (``Cluster.file``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,7 @@ class Method:
 class AltName:
     name: str
     line: int
+    file: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,7 @@ class ClusterNode:
     methods: tuple[Method, ...]
     unfence: tuple[DeviceRef, ...]
     line: int
+    file: str = ""
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -63,6 +66,7 @@ class FenceDevice:
     agent: str
     attrs: Mapping[str, str]
     line: int
+    file: str = ""
 
     @property
     def is_xvm(self) -> bool:
@@ -99,6 +103,10 @@ class Cluster:
     fence_xvmd: FenceXvmd | None
     file: str
     line: int = 1
+    # A Pacemaker guest cluster: the other files it was read from (its corosync.conf), which
+    # the daemon watches too; its nodes say which file they came from.
+    sources: tuple[str, ...] = ()
+    kind: str = "cluster.conf"
 
     def key_path(self, device: FenceDevice) -> str:
         """The device's key file; a relative path is relative to this file's directory."""

@@ -307,6 +307,16 @@ def _tree(data: bytes, file: str) -> tuple[etree._Element | None, list[Issue]]:
         return None, [Issue(Code.XML_SYNTAX, str(exc.msg or exc), file, exc.lineno or 0)]
 
 
+def tree(data: bytes, file: str) -> tuple[etree._Element | None, list[Issue]]:
+    """The root element of an XML configuration file, or why there is none."""
+    return _tree(data, file)
+
+
+def is_cib(root: etree._Element) -> bool:
+    """A Pacemaker CIB export rather than a cluster.conf (see ``ccs.pacemaker``)."""
+    return etree.QName(root).localname == "cib"
+
+
 def parse(data: bytes, file: str) -> tuple[Cluster | None, list[Issue]]:
     """Parse cluster.conf ``data`` (named ``file`` in messages).
 
@@ -317,9 +327,15 @@ def parse(data: bytes, file: str) -> tuple[Cluster | None, list[Issue]]:
     root, issues = _tree(data, file)
     if root is None:
         return None, issues
+    return parse_root(root, data, file)
+
+
+def parse_root(root: etree._Element, data: bytes, file: str) -> tuple[Cluster | None, list[Issue]]:
+    """``parse`` of a file whose XML has been read already."""
     ck = _Checker(file, data)
     if etree.QName(root).localname != "cluster":
-        ck.add(Code.NOT_CLUSTER, f"root element is <{root.tag}>, expected <cluster>", ck.line(root))
+        why = f"root element is <{root.tag}>, expected <cluster> (or <cib>: a Pacemaker CIB)"
+        ck.add(Code.NOT_CLUSTER, why, ck.line(root))
         return None, ck.issues
     name = ck.required(root, "name")
     version = ck.number(root, "config_version", required=True)

@@ -197,7 +197,7 @@ def _targets(
     by_vm: dict[str, NodeTarget] = {}
     for node, refs in uses.get(device.name, []):
         for ref in refs:
-            out.extend(_ref_issues(node, ref, f))
+            out.extend(_ref_issues(node, ref, ref.file or f))
         vm = vm_for(node, refs[0])
         if len(vm.encode()) > MAX_DOMAIN_BYTES and vm == node.name:
             out.append(
@@ -205,14 +205,14 @@ def _targets(
                     Code.DOMAIN_TOO_LONG,
                     f"node name {node.name!r} is used as the VM "
                     f"but is longer than {MAX_DOMAIN_BYTES} bytes",
-                    f,
+                    node.file or f,
                     node.line,
                 )
             )
         target = NodeTarget(
             node.name, node.nodeid, node.names, vm, _use_uuid(refs[0], device), refs[0].line
         )
-        out.extend(_uuid_shaped(target, f))
+        out.extend(_uuid_shaped(target, refs[0].file or f))
         clash = by_vm.get(vm.casefold())
         if clash is not None:
             out.append(
@@ -220,7 +220,7 @@ def _targets(
                     Code.DUPLICATE_DOMAIN,
                     f"nodes {clash.node!r} and {node.name!r} "
                     f"are both fenced through VM {vm!r} on device {device.name!r}",
-                    f,
+                    refs[0].file or f,
                     target.line,
                 )
             )
@@ -287,7 +287,7 @@ def _requesters(
                     f"node {node.name!r}: none of its names "
                     "resolves to an address, so its requests will be refused (add an "
                     "<altname> holding its address)",
-                    cluster.file,
+                    node.file or cluster.file,
                     node.line,
                 )
             )
@@ -317,7 +317,7 @@ def _candidates(
                 f"device {name!r} has agent {dev.agent!r}; xvmd serves only fence_xvm and "
                 "fence_virt devices"
             )
-            out.append(Issue(Code.UNKNOWN_AGENT, why, f, dev.line))
+            out.append(Issue(Code.UNKNOWN_AGENT, why, dev.file or f, dev.line))
         else:
             candidates.append(dev)
     return candidates
@@ -336,7 +336,8 @@ def _shared_keys(served: Sequence[ServedDevice], file: str) -> list[Issue]:
                 f"devices {names} use identical key bytes: a request for one would be "
                 "accepted as the other"
             )
-            out.append(Issue(Code.KEY_SHARED, why, file, group[1].device.line))
+            dev = group[1].device
+            out.append(Issue(Code.KEY_SHARED, why, dev.file or file, dev.line))
     return out
 
 
@@ -370,7 +371,7 @@ def validate(
         seen.add(dev.name)
         path = cluster.key_path(dev)
         key = keys.get(path) or KeyState(path, None, KeyProblem.MISSING)
-        issues.extend(_key_issues(dev, key, chosen is not None, f))
+        issues.extend(_key_issues(dev, key, chosen is not None, dev.file or f))
         if not key.data:
             not_served.append(NotServed(dev.name, f"key file {key.path}: {key.reason}"))
             continue
@@ -380,5 +381,5 @@ def validate(
         why = "this host serves no fence device: no fence_xvm device has a readable key file here"
         issues.append(Issue(Code.NO_DEVICE, why, f, 0))
     issues.extend(_shared_keys(served, f))
-    issues.sort(key=lambda i: i.line)
+    issues.sort(key=lambda i: (i.file, i.line))
     return HostPlan(tuple(served), tuple(not_served), requesters), issues

@@ -30,7 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
         dest="config",
         metavar="PATH",
         default=ccs.DEFAULT_CLUSTER_CONF,
-        help=f"cluster.conf to check (default {ccs.DEFAULT_CLUSTER_CONF})",
+        help="a cluster.conf, or a Pacemaker CIB export (told apart by its content) "
+        f"(default {ccs.DEFAULT_CLUSTER_CONF})",
+    )
+    p.add_argument(
+        "--corosync-conf",
+        dest="corosync",
+        metavar="PATH",
+        help="with a CIB export: the guest cluster's corosync.conf (default: corosync.conf "
+        "beside the CIB export)",
     )
     p.add_argument(
         "-D",
@@ -124,7 +132,7 @@ def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     resolver = None if args.no_resolve else ccs.source.resolve
     try:
-        result = ccs.load(args.config, args.devices, resolver)
+        result = ccs.load(args.config, args.devices, resolver, args.corosync)
     except Exception as exc:  # a bug, not a config problem: one line, not a traceback
         print(
             f"xvmd check-config: {args.config}: internal error while checking: "

@@ -65,7 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
         "-f",
         dest="config",
         metavar="PATH",
-        help=f"cluster.conf to read (default {ccs.DEFAULT_CLUSTER_CONF})",
+        help="the guest cluster's configuration: a cluster.conf, or a Pacemaker CIB export "
+        f"(cibadmin -Q) told apart by its content (default {ccs.DEFAULT_CLUSTER_CONF})",
+    )
+    p.add_argument(
+        "--corosync-conf",
+        dest="corosync",
+        metavar="PATH",
+        help="with a Pacemaker CIB export as -f: the guest cluster's corosync.conf (default: "
+        "corosync.conf beside the CIB export)",
     )
     p.add_argument(
         "-D",
@@ -205,6 +213,7 @@ def settings_from_args(
         local=args.local,
         no_ccs=args.no_ccs,
         config=config,
+        corosync=os.path.abspath(args.corosync) if args.corosync else None,
         devices=tuple(args.devices) if args.devices else None,
         **values,  # type: ignore[arg-type]
     )
@@ -236,14 +245,17 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
-def _load_cluster_conf(path: str, devices: Sequence[str] | None) -> Snapshot | int:
-    result = ccs.load(path, devices, ccs.source.resolve)
+def _load_cluster_conf(
+    path: str, devices: Sequence[str] | None, corosync: str | None
+) -> Snapshot | int:
+    result = ccs.load(path, devices, ccs.source.resolve, corosync)
     if result.snapshot is None:
         for issue in result.issues:
             print(issue.render(), file=sys.stderr)
         if result.unreadable:
             return _fail(
-                f"cannot read cluster.conf: {result.unreadable} (use --no-ccs to run without it)"
+                f"cannot read the configuration: {result.unreadable} (use --no-ccs to run "
+                "without it)"
             )
         errors = sum(1 for i in result.issues if i.severity is ccs.Severity.ERROR)
         return _fail(
@@ -256,15 +268,19 @@ def _load_cluster_conf(path: str, devices: Sequence[str] | None) -> Snapshot | i
 def main(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.no_ccs and (args.config or args.devices):
-        parser.error("-f and -D need cluster.conf; they cannot be combined with --no-ccs")
+    if args.no_ccs and (args.config or args.devices or args.corosync):
+        parser.error(
+            "-f, -D and --corosync-conf name the guest cluster's configuration; they cannot "
+            "be combined with --no-ccs"
+        )
     xlog.setup(args.debug)
     log = logging.getLogger("xvmd")
     snapshot: Snapshot | None = None
     config = None
     if not args.no_ccs:
         config = os.path.abspath(args.config or ccs.DEFAULT_CLUSTER_CONF)
-        loaded = _load_cluster_conf(config, args.devices)
+        corosync = os.path.abspath(args.corosync) if args.corosync else None
+        loaded = _load_cluster_conf(config, args.devices, corosync)
         if isinstance(loaded, int):
             return loaded
         snapshot = loaded

@@ -207,6 +207,7 @@ class Daemon:
             self.snapshot,
             apply,
             on_reload=audit.reopen if audit is not None else None,
+            corosync=self.settings.corosync,
         )
         self._reloader.start()
         loop.add_signal_handler(signal.SIGHUP, self._reloader.trigger)

@@ -96,8 +96,10 @@ class Reloader:
         snapshot: Snapshot,
         apply: Callable[[Snapshot], None],
         on_reload: Callable[[], None] | None = None,
+        corosync: str | None = None,
     ) -> None:
         self.path = path
+        self.corosync = corosync  # a CIB export's corosync.conf (None: beside it)
         self.devices = devices
         self.current = snapshot
         self.reloads = 0
@@ -116,7 +118,8 @@ class Reloader:
 
     def _watched(self, cluster: ccs.Cluster | None) -> list[str]:
         cl = cluster or self.current.cluster
-        return [self.path, *sorted({cl.key_path(d) for d in cl.devices if d.is_xvm})]
+        keys = sorted({cl.key_path(d) for d in cl.devices if d.is_xvm})
+        return [self.path, *cl.sources, *keys]
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -210,7 +213,7 @@ class Reloader:
             log.error("%s", self.last_problem)
             return
         load = self._loading = in_daemon_thread(
-            ccs.load, self.path, self.devices, ccs.source.resolve
+            ccs.load, self.path, self.devices, ccs.source.resolve, self.corosync
         )
         load.add_done_callback(_consume)
         try:

@@ -43,7 +43,8 @@ class Settings:
     tcp: tuple[str, int] | None = None
     local: bool = False
     no_ccs: bool = False
-    config: str | None = None  # cluster.conf path; None with --no-ccs
+    config: str | None = None  # cluster.conf or CIB export path; None with --no-ccs
+    corosync: str | None = None  # with a CIB export: its corosync.conf (None: beside it)
     devices: tuple[str, ...] | None = None  # -D selections
     instance: str | None = None  # --instance: names this daemon among several on one host
     # `xvmd status` reads this socket; None: off. The command line derives the default from

@@ -62,6 +62,9 @@ class Case:
     also: frozenset[Code] = frozenset()  # other codes the file unavoidably yields
     # Writes the file into the directory given (fixture None): for files too big for git.
     make: Callable[[Path], Path] | None = None
+    # The fixture is a guest cluster's corosync.conf, loaded with this CIB export (under
+    # fixtures/ccs) as ``--corosync-conf``.
+    cib: str | None = None
 
     @property
     def id(self) -> str:
@@ -108,7 +111,16 @@ CASES: tuple[Case, ...] = (
         make=make_too_large,
     ),
     Case(Code.XML_SYNTAX, "invalid-xml-syntax.conf", "</clusternod>", "tag mismatch"),
-    Case(Code.NOT_CLUSTER, "invalid-not-cluster.conf", "<cib ", "root element is <cib>"),
+    Case(
+        Code.NOT_CLUSTER, "invalid-not-cluster.conf", "<resources>", "root element is <resources>"
+    ),
+    Case(
+        Code.CONF_SYNTAX,
+        "invalid-conf-syntax.conf",
+        "to_logfile no",
+        "'to_logfile no' is neither",
+        cib="pacemaker-cib.xml",
+    ),
     Case(Code.MISSING_ELEMENT, "invalid-missing-element.conf", "<cluster ", "<clusternodes>"),
     Case(Code.MISSING_ATTRIBUTE, "invalid-missing-attribute.conf", "<method>", "name="),
     Case(
@@ -199,6 +211,15 @@ CASES: tuple[Case, ...] = (
         'port="00000002-0000-4000-8000-00000000000a"',
         "VM '00000002-0000-4000-8000-00000000000a' has the form of a UUID",
     ),
+    # Pacemaker guest clusters: CIB exports, read with fixtures/ccs/corosync.conf
+    Case(Code.BAD_HOST_MAP, "invalid-bad-host-map.conf", "pcmk_host_map", "'spare'"),
+    Case(
+        Code.CLUSTER_MISMATCH,
+        "invalid-cluster-mismatch.conf",
+        'name="cluster-name"',
+        "cluster 'webfarm'",
+    ),
+    Case(Code.UNKNOWN_NODE, "warn-unknown-node.conf", "pcmk_host_map", "node 'n9'"),
 )
 
 
@@ -209,6 +230,14 @@ def fake_resolver(names: Iterable[str]) -> dict[str, tuple[str, ...]]:
     for i, name in enumerate(dict.fromkeys(names)):
         out[name] = () if name.startswith("unresolvable") else (f"198.51.100.{i % 250 + 1}",)
     return out
+
+
+def load_args(case: Case, path: Path, staged: Path) -> tuple[Path, str | None]:
+    """The file to give as ``-f`` for ``case`` (its fixture, or the CIB it goes with), and
+    the corosync.conf to give with it (None: the default)."""
+    if case.cib is None:
+        return path, None
+    return staged / "ccs" / case.cib, str(path)
 
 
 def case_path(case: Case, staged: Path, tmp_path: Path) -> Path:

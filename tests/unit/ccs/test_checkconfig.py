@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from ccs import Code
-from tests.unit.ccs.cases import CASES, REPO, Case, case_path, line_of
+from tests.unit.ccs.cases import CASES, REPO, Case, case_path, line_of, load_args
 from xvmd.cli import check_config
 
 ISSUE_LINE = re.compile(
@@ -194,8 +194,9 @@ def test_unparsable_file_has_no_plan(staged: Path, capsys: pytest.CaptureFixture
 def test_exit_code_per_fixture(
     case: Case, staged: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = case_path(case, staged, tmp_path)
-    code, out = _run(capsys, "-f", str(path))
+    path, corosync = load_args(case, case_path(case, staged, tmp_path), staged)
+    extra = ("--corosync-conf", corosync) if corosync else ()
+    code, out = _run(capsys, "-f", str(path), *extra)
     not_read = case.code in (Code.CONFIG_UNREADABLE, Code.CONFIG_TOO_LARGE)
     expected = 2 if not_read else 0 if (case.fixture or "").startswith("warn-") else 1
     assert code == expected
