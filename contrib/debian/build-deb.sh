@@ -143,7 +143,7 @@ Version: $DEBVERSION
 Architecture: all
 Maintainer: ${DEB_MAINTAINER:-xvmd maintainers <root@localhost>}
 Installed-Size: $INSTALLED_SIZE
-Depends: python3 (>= 3.11), python3-lxml, python3-libvirt, python3-pyroute2, python3-watchdog, python3-uvloop
+Depends: python3 (>= 3.11), python3-lxml, python3-libvirt, python3-pyroute2, python3-watchdog, python3-uvloop, python3-prometheus-client
 Recommends: libquorum5, libvotequorum8, libcmap4, libcfg7, fence-virt
 Suggests: corosync, libvirt-daemon-system
 Section: admin

@@ -18,7 +18,7 @@ PACKAGES=(
     iproute2 util-linux               # ip netns, unshare
     python3-venv python3-dev gcc
     # Debian's own modules: the .deb test runs the packaged daemon on them
-    python3-lxml python3-libvirt python3-pyroute2 python3-watchdog python3-uvloop
+    python3-lxml python3-libvirt python3-pyroute2 python3-watchdog python3-uvloop python3-prometheus-client
     man-db                            # renders the man page in its test
 )
 missing=()
@@ -36,7 +36,7 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c 'import xvmd, libvirt, pyroute2, lxml, watchdog, pytest, mypy' 2>/dev/null \
+if ! .venv/bin/python -c 'import xvmd, libvirt, pyroute2, lxml, watchdog, prometheus_client, pytest, mypy' 2>/dev/null \
    || [ pyproject.toml -nt .venv/.installed ]; then
     .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
     touch .venv/.installed

@@ -177,7 +177,13 @@ def test_serves_a_request_and_reports_it_in_the_status_document(
     assert (doc["mode"], doc["quorum"], doc["config"], doc["reload"]) == ("local", None, None, None)
     assert doc["listeners"] == [f"{GROUP} port {port}"]
     assert doc["backend"] == {"description": "fake", "reachable": True}
-    assert doc["counters"] == {"answered": {"success": 1}, "dropped": {}}
+    latency = doc["counters"].pop("latency")
+    assert doc["counters"] == {
+        "answered": {"success": 1},
+        "dropped": {},
+        "by_op": {"status": {"success": 1}},
+    }
+    assert sum(latency["counts"]) == 1 and 0 < latency["sum"] < 2.0
     assert doc["audit"]["written"] == 1 and doc["active_sessions"] == 0
     assert [(r["op"], r["target"], r["result"]) for r in doc["recent"]] == [
         ("status", "vm", "success")

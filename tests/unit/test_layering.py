@@ -19,6 +19,7 @@ PURE_FORBIDDEN = {
     "libvirt",
     "pyroute2",
     "watchdog",
+    "prometheus_client",
     "threading",
     "secrets",
 }
@@ -101,6 +102,17 @@ def test_pure_modules_do_no_io(module: Path) -> None:
         ("libvirt", {"xvmd/backend/libvirt.py", "xvmd/backend/libvirt_events.py"}),
         ("pyroute2", {"xvmd/net/iface.py"}),
         ("watchdog", {"ccs/watch.py"}),
+        ("prometheus_client", {"xvmd/daemon/metrics.py"}),
+        (
+            "lxml",
+            {
+                "ccs/parse.py",
+                "ccs/lines.py",
+                "ccs/cib.py",
+                "ccs/pacemaker.py",
+                "xvmd/hosts/fencehistory.py",
+            },
+        ),
         ("ctypes", {"xvmd/quorum/binding.py", "xvmd/hosts/cpgbinding.py"}),
     ],
 )
@@ -145,7 +157,7 @@ def test_ccs_never_imports_xvmd() -> None:
 
 
 # pyproject name -> import name, for the dependencies whose names differ
-IMPORT_NAME = {"libvirt-python": "libvirt"}
+IMPORT_NAME = {"libvirt-python": "libvirt", "prometheus-client": "prometheus_client"}
 
 
 def test_every_runtime_dependency_is_used() -> None:

@@ -30,6 +30,7 @@ from xvmd.daemon.settings import (
     DEFAULT_URI,
     Settings,
     SettingsError,
+    parse_endpoint,
     parse_tcp,
 )
 from xvmd.protocol.auth import Key
@@ -163,6 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="also serve the TCP listener used by 'fence_virt -T' "
         "(default 127.0.0.1, same port as -p)",
     )
+    p.add_argument(
+        "--metrics",
+        metavar="[ADDR][:PORT]",
+        nargs="?",
+        const="",
+        default=None,
+        help="serve metrics in the Prometheus text format over HTTP (default 127.0.0.1 port "
+        f"{METRICS_PORT}; off unless given)",
+    )
     p.add_argument("--version", action="version", version=f"xvmd {__version__}")
     return p
 
@@ -218,6 +228,11 @@ def settings_from_args(
         **values,  # type: ignore[arg-type]
     )
     tcp = parse_tcp(args.tcp, settings.port) if args.tcp is not None else None
+    metrics = (
+        parse_endpoint(args.metrics, METRICS_PORT, "--metrics")
+        if args.metrics is not None
+        else None
+    )
     # Derived only now that the port is known: it may come from <fence_xvmd port=...>.
     control, audit = paths.instance_paths(settings.instance, settings.port)
     audit_path = _path_option(args.audit, audit)
@@ -225,6 +240,7 @@ def settings_from_args(
     settings = replace(
         settings,
         tcp=tcp,
+        metrics=metrics,
         control=_path_option(args.control, control),
         audit=audit_path,
         state=_path_option(args.state, state),
@@ -318,6 +334,9 @@ def main(argv: Sequence[str]) -> int:
         keys.append(key)
     return _serve(settings, Policy.unrestricted(keys), None)
 
+
+METRICS_PORT = 9701
+"""The metrics endpoint's port when --metrics names none."""
 
 LOOP_ENV = "XVMD_EVENT_LOOP"
 """``asyncio``: run on the standard library's loop even where uvloop is installed."""

@@ -139,7 +139,7 @@ class Pipeline:
         # Released only once the connection is closed: a client that stops reading holds its
         # place (for WRITE_TIMEOUT at most), so stalled readers never exceed the quota.
         slot.release()
-        self.stats.served[done.result.label] += 1
+        self.stats.answered(req.op.label, done.result.label, elapsed / 1000)
         log_request(record)
 
     async def _authenticate(self, job: Admitted, channel: tcp.Channel) -> ServerSession | None:

@@ -37,6 +37,7 @@ from xvmd.quorum import QuorumSource
 
 if TYPE_CHECKING:  # imported where used: a single host needs neither at start-up
     from xvmd.daemon.grouping import GroupRuntime
+    from xvmd.daemon.metrics import MetricsServer
     from xvmd.daemon.reloader import Reloader
 
 log = logging.getLogger("xvmd")
@@ -78,6 +79,11 @@ class Daemon:
         self._audit: AuditLog | None = None
         self._group: GroupRuntime | None = None
         self._cache: DomainCache | None = None
+        self._metrics: MetricsServer | None = None
+
+    @property
+    def metrics_url(self) -> str | None:
+        return self._metrics.url if self._metrics is not None else None
 
     def request_stop(self) -> None:
         if not self._stop.is_set():
@@ -120,6 +126,15 @@ class Daemon:
             except OSError as exc:
                 raise bind_error(f"TCP {host} port {port}", exc) from None
             self.where.append(f"TCP {host} port {port}")
+        if self.settings.metrics is not None:
+            from xvmd.daemon.metrics import serve  # prometheus_client loads only if asked
+
+            host, port = self.settings.metrics
+            try:
+                self._metrics = serve(host, port, self.status, asyncio.get_running_loop())
+            except OSError as exc:
+                raise bind_error(f"metrics {host} port {port}", exc) from None
+            self.where.append(f"metrics {self._metrics.url}")
         if self.settings.control:
             try:
                 self._servers.append(
@@ -269,6 +284,8 @@ class Daemon:
         of quorum, the worker pool, the hypervisor and the audit trail."""
         if self._links is not None:
             self._links.stop()
+        if self._metrics is not None:
+            self._metrics.stop()
         if self._reloader is not None:
             await self._reloader.stop()
         for tr in self._transports:
@@ -340,6 +357,8 @@ class Daemon:
             "counters": {
                 "answered": dict(service.stats.served) if service else {},
                 "dropped": dict(service.stats.dropped) if service else {},
+                "by_op": service.stats.by_op_dict() if service else {},
+                "latency": service.stats.latency.as_dict() if service else None,
             },
             "hosts": self._group.status() if self._group is not None else None,
             "active_sessions": service.active_sessions if service else 0,

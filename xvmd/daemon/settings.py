@@ -41,6 +41,7 @@ class Settings:
     auth: HashType = HashType.SHA256
     debug: int = 0
     tcp: tuple[str, int] | None = None
+    metrics: tuple[str, int] | None = None  # --metrics: the Prometheus endpoint (None: off)
     local: bool = False
     no_ccs: bool = False
     config: str | None = None  # cluster.conf or CIB export path; None with --no-ccs
@@ -93,8 +94,9 @@ class Settings:
         return [ListenAddress(str(ip), self.port)], []
 
 
-def parse_tcp(text: str, default_port: int) -> tuple[str, int]:
-    """Parse ``--tcp [ADDR][:PORT]``: ``''``, ``:1230``, ``10.0.0.1``, ``[::1]:1230``, ``::1``.
+def parse_endpoint(text: str, default_port: int, option: str = "--tcp") -> tuple[str, int]:
+    """Parse ``--tcp`` or ``--metrics [ADDR][:PORT]``: ``''``, ``:1230``, ``10.0.0.1``,
+    ``[::1]:1230``, ``::1``; the address defaults to 127.0.0.1.
 
     Raises:
         SettingsError: unparseable address or port.
@@ -103,10 +105,10 @@ def parse_tcp(text: str, default_port: int) -> tuple[str, int]:
     if text.startswith("["):
         end = text.find("]")
         if end < 0:
-            raise SettingsError(f"--tcp {text!r}: missing ']'")
+            raise SettingsError(f"{option} {text!r}: missing ']'")
         host, rest = text[1:end], text[end + 1 :]
         if rest and not rest.startswith(":"):
-            raise SettingsError(f"--tcp {text!r}: expected ':PORT' after ']'")
+            raise SettingsError(f"{option} {text!r}: expected ':PORT' after ']'")
         port_text = rest[1:]
     elif text.count(":") == 1:
         host_part, port_text = text.split(":")
@@ -116,10 +118,14 @@ def parse_tcp(text: str, default_port: int) -> tuple[str, int]:
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        raise SettingsError(f"--tcp: {host!r} is not an IP address") from None
+        raise SettingsError(f"{option}: {host!r} is not an IP address") from None
     port = default_port
     if port_text:
         if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-            raise SettingsError(f"--tcp: port {port_text!r} is not in 1..65535")
+            raise SettingsError(f"{option}: port {port_text!r} is not in 1..65535")
         port = int(port_text)
     return host, port
+
+
+def parse_tcp(text: str, default_port: int) -> tuple[str, int]:
+    return parse_endpoint(text, default_port, "--tcp")
