@@ -9,6 +9,18 @@ from ccs.model import Cluster
 from ccs.validate import HostPlan
 
 
+def source(cl: Cluster) -> str:
+    """Which kind of configuration it is and where it came from, for the first line an
+    operator reads (check-config, the start-up log, ``xvmd status``)."""
+    if cl.kind == "pacemaker":
+        nodes = cl.sources[0] if cl.sources else "corosync.conf"
+        return (
+            f"Pacemaker cluster {cl.name!r}: CIB export {cl.file} (epoch {cl.config_version}), "
+            f"nodes from {nodes}"
+        )
+    return f"cluster.conf {cl.file}: cluster {cl.name!r}, config_version {cl.config_version}"
+
+
 def served(cl: Cluster, plan: HostPlan) -> list[dict[str, Any]]:
     """The devices this host serves, with their keys and node -> VM maps."""
     return [

@@ -78,6 +78,8 @@ def as_json(result: LoadResult, path: str) -> dict[str, object]:
         out["cluster"] = {
             "name": cl.name,
             "config_version": cl.config_version,
+            "source": cl.kind,
+            "files": [cl.file, *cl.sources],
             "nodes": len(cl.nodes),
             "two_node": cl.cman.two_node,
             "expected_votes": cl.cman.expected_votes,
@@ -94,7 +96,7 @@ def render(result: LoadResult, path: str, out: TextIO) -> None:
     cl, plan = result.cluster, result.plan
     if cl is not None and plan is not None:
         print(
-            f"\ncluster {cl.name!r}, config_version {cl.config_version}, {len(cl.nodes)} nodes",
+            f"\n{document.source(cl)}; {len(cl.nodes)} nodes",
             file=out,
         )
         if plan.devices:

@@ -149,11 +149,11 @@ def render(doc: dict[str, Any], out: TextIO) -> None:
     print(f"listening: {', '.join(doc.get('listeners', [])) or 'nothing'}", file=out)
     cfg = doc.get("config")
     if cfg:
-        print(
-            f"config: {cfg.get('file')}: cluster {cfg.get('cluster')!r}, config_version "
-            f"{cfg.get('config_version')} ({cfg.get('reloads')} reloads)",
-            file=out,
+        described = cfg.get("described") or (
+            f"{cfg.get('file')}: cluster {cfg.get('cluster')!r}, config_version "
+            f"{cfg.get('config_version')}"
         )
+        print(f"config: {described} ({cfg.get('reloads')} reloads)", file=out)
         for dev in cfg.get("devices", []):
             print(f"  device {dev['device']} (key {dev['key_file']}):", file=out)
             for n in dev.get("nodes", []):

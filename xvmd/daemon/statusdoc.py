@@ -19,6 +19,9 @@ def config(snap: Snapshot, reloads: int) -> dict[str, Any]:
         "file": cl.file,
         "cluster": cl.name,
         "config_version": cl.config_version,
+        "source": cl.kind,
+        "files": [cl.file, *cl.sources],
+        "described": document.source(cl),
         "reloads": reloads,
         "devices": document.served(cl, snap.plan),
         "not_served": document.not_served(snap.plan),
@@ -27,7 +30,7 @@ def config(snap: Snapshot, reloads: int) -> dict[str, Any]:
 
 def log_plan(snap: Snapshot) -> None:
     cl = snap.cluster
-    log.info("cluster.conf %s: cluster %r, config_version %d", cl.file, cl.name, cl.config_version)
+    log.info("%s", document.source(cl))
     for sd in snap.plan.devices:
         nodes = ", ".join(f"{t.node}->{t.domain}" for t in sd.nodes) or "no nodes"
         log.info("serving device %s (key %s): %s", sd.name, cl.key_path(sd.device), nodes)

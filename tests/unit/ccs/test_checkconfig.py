@@ -51,7 +51,7 @@ def test_valid_file_prints_plan_and_verdict(
     assert code == 0
     assert out == (
         "\n"
-        "cluster 'guests', config_version 7, 4 nodes\n"
+        f"cluster.conf {path}: cluster 'guests', config_version 7; 4 nodes\n"
         "this host serves:\n"
         f"  device xvm-host1 (fence_xvm), key {keys / 'host1.key'} (4096 bytes)\n"
         "    node1 -> domain vm-01\n"
@@ -227,6 +227,8 @@ def test_json_for_a_valid_file(staged: Path, capsys: pytest.CaptureFixture[str])
         "cluster": {
             "name": "qcluster",
             "config_version": 118,
+            "source": "cluster.conf",
+            "files": [str(path)],
             "nodes": 3,
             "two_node": False,
             "expected_votes": 5,

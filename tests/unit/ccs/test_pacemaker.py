@@ -146,3 +146,16 @@ def test_reload_follows_the_cib_epoch(staged: Path, tmp_path: Path) -> None:
     assert bumped.verdict is Verdict.EDIT and bumped.snapshot is not None
     (n1,) = [n for n in bumped.snapshot.cluster.nodes if n.name == "n1"]
     assert "x1" in n1.names
+
+
+def test_check_config_says_which_source_it_read(
+    staged: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from xvmd.cli import check_config
+
+    cib = staged / "ccs" / CIB
+    assert check_config.main(["--no-resolve", "-f", str(cib)]) == 0
+    out = capsys.readouterr().out
+    coro = staged / "ccs" / "corosync.conf"
+    assert f"Pacemaker cluster 'guests': CIB export {cib} (epoch 12), nodes from {coro}" in out
+    assert "n3 -> domain vm-n3" in out
