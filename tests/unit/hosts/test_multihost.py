@@ -18,8 +18,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 import ccs
 from tests.support import pyclient
 from tests.unit.fakes import QUORATE, until
@@ -212,13 +210,6 @@ def run(scenario: Callable[[], object]) -> None:
 
 
 # -- shared key: every host listens, only the owner answers -------------------------------------
-
-
-@pytest.fixture
-def shared(tmp_path: Path) -> tuple[Path, Key]:
-    data = os.urandom(64)
-    nodes = {"n1": ("xvm", "vm1"), "n2": ("xvm", "vm2"), "n3": ("xvm", "vm3")}
-    return cluster_conf(tmp_path, {"xvm": data}, nodes), Key(data)
 
 
 def test_shared_key_status_and_off_are_answered_by_the_owner_only(

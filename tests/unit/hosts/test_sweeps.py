@@ -9,10 +9,7 @@ while its inventory has not been published.
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
-
-import pytest
 
 from tests.unit.fakes import until
 from tests.unit.hosts.test_multihost import (
@@ -21,7 +18,6 @@ from tests.unit.hosts.test_multihost import (
     UUID,
     Bus,
     ask,
-    cluster_conf,
     group,
     make_host,
     policy_for,
@@ -32,13 +28,6 @@ from xvmd.core.sweeps import Sweeps
 from xvmd.hosts.messages import Seen, Swept
 from xvmd.protocol.auth import Key
 from xvmd.protocol.wire import Op, Result
-
-
-@pytest.fixture
-def shared(tmp_path: Path) -> tuple[Path, Key]:
-    data = os.urandom(64)
-    nodes = {"n1": ("xvm", "vm1"), "n2": ("xvm", "vm2"), "n3": ("xvm", "vm3")}
-    return cluster_conf(tmp_path, {"xvm": data}, nodes), Key(data)
 
 
 def test_a_vm_started_elsewhere_a_moment_ago_is_never_reported_off(
