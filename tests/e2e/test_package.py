@@ -52,6 +52,7 @@ DEPENDS = {
     "python3-pyroute2",
     "python3-watchdog",
     "python3-uvloop",
+    "python3-prometheus-client",
 }
 RECOMMENDS = {"libquorum5", "libvotequorum8", "libcmap4", "libcfg7", "fence-virt"}
 SUGGESTS = {"corosync", "libvirt-daemon-system"}
