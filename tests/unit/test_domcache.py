@@ -126,3 +126,32 @@ def test_when_events_stop_flowing_queries_ask_the_hypervisor_again() -> None:
         return [c[0] for c in backend.calls]
 
     assert "lookup" in asyncio.run(scenario())
+
+
+def test_subscribers_hear_of_an_event_once_the_new_list_is_in() -> None:
+    """The host group's inventory reads the list through the runner: after an event it must
+    find the cache's new list, not read the hypervisor a second time."""
+
+    async def scenario() -> tuple[list[tuple[str, str]], list[str]]:
+        backend, runner, cache = setup()
+        await started(cache, runner)
+        heard: list[str] = []
+
+        def changed() -> None:
+            async def read() -> None:
+                heard.append(",".join(d.name for d in await runner.hostlist(deadline())))
+
+            asyncio.get_running_loop().create_task(read())
+
+        cache.subscribe(changed)
+        backend.calls.clear()
+        backend.add_domain(DomainInfo("vm-b", UUID.replace("a", "b"), DomainState.RUNNING))
+        await until(lambda: bool(heard))
+        calls = list(backend.calls)
+        await cache.stop()
+        runner.shutdown()
+        return calls, heard
+
+    calls, heard = asyncio.run(scenario())
+    assert heard == ["vm-a,vm-b"]
+    assert calls.count(("list_domains", "")) == 1  # the cache's read, and no other

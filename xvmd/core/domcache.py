@@ -12,7 +12,8 @@ Rules:
    and it stays empty until they flow again (``Backend.watching``); then requests ask the
    hypervisor as before. Where the hypervisor has no events there is no cache at all.
 4. One subscription to the backend's events, shared: others (the host group's inventory)
-   subscribe here.
+   subscribe here, and hear of an event once the list read after it is in, so that they find
+   it here instead of reading it again (or at once when no read will come, or it failed).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class DomainCache:
         self._generation = 0  # grows with every event
         self._reader: asyncio.Task[None] | None = None
         self._subscribers: list[Callable[[], None]] = []
+        self._owed = False  # an event the subscribers have not heard of yet
         self.events = False  # the hypervisor delivers events (``start`` found out)
         self.hits = 0
         self.misses = 0
@@ -77,9 +79,16 @@ class DomainCache:
         """A domain may have changed: forget the list now, read it again, tell subscribers."""
         self._generation += 1
         self._domains = None
+        self._owed = True
         self._read_again()
-        for subscriber in self._subscribers:
-            subscriber()
+        if not (self.events and self.backend.watching()):
+            self._tell()  # no read will come
+
+    def _tell(self) -> None:
+        if self._owed:
+            self._owed = False
+            for subscriber in self._subscribers:
+                subscriber()
 
     def refresh_if_empty(self) -> None:
         """Housekeeping: a read that failed (a hypervisor hiccup) is tried again."""
@@ -100,6 +109,12 @@ class DomainCache:
 
     async def _read(self) -> None:
         """Read the list until one read saw no event go by (a burst costs two reads)."""
+        try:
+            await self._read_until_quiet()
+        finally:
+            self._tell()  # with the new list in, or so that they read for themselves
+
+    async def _read_until_quiet(self) -> None:
         loop = asyncio.get_running_loop()
         while self._domains is None and self.backend.watching():
             generation = self._generation
