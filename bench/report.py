@@ -403,6 +403,15 @@ def render(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
         "namespace, where lookups fail at once.",
         "- **footprint**: RSS right after start (idle), after a warm-up, and after each "
         "quarter of the requests (64 in flight).",
+        "- **hol** and **time to fence**: one private libvirtd (own network, mount and PID "
+        "namespaces) with two QEMU/TCG domains (32 MiB, no disk), both daemons on its socket; "
+        "`bench/hol.py` and `bench/tofence.py`. A QEMU process's end is seen through a pidfd, a "
+        "new one by its `-name guest=` command line.",
+        "- **multihost**: `bench/multihost.py` builds the lab of `tests/support/chaos.py` (three "
+        "corosync nodes over knet on a bridge in namespaces, token 1000 ms, a private libvirtd "
+        "with the test driver and xvmd in cluster mode on each, a guest namespace); latency with "
+        "the stock `fence_xvm`, load with the load generator sending from the guest's address; "
+        "the baseline stops the group's daemons and runs one daemon on host 1.",
         "",
     ]
     return "\n".join(lines)
