@@ -6,9 +6,15 @@ Rules:
    the same (``xvmd.hosts.rounds``), exactly one serves it and the others let it go.
 2. The responder ends every round it was given with ``Done``, however it went, so that a
    retransmit is decided afresh on every member at the same point of the order.
-3. A forwarded operation is checked again where it runs (quorum, the cluster's mapping) and
+3. After a join (this host's or another's), rounds opened before it are unknown on one side:
+   a host that decided it answers a round while it has not yet heard every member's inventory
+   since the join does not connect back (it ends the round with ``Done``; the client's
+   retransmit is served once the inventories are in, within a CPG round trip). Found by the
+   randomized run: a host that had just joined decided, alone, a round the others had decided
+   already, and a request got two connect-backs.
+4. A forwarded operation is checked again where it runs (quorum, the cluster's mapping) and
    answered with an ``Outcome``; a forward that gets none within its budget fails.
-4. A peer's message that cannot be used, or that claims to come from another host than the one
+5. A peer's message that cannot be used, or that claims to come from another host than the one
    CPG says sent it, is dropped, counted by reason and logged (rate-limited).
 """
 
@@ -107,6 +113,7 @@ class HostGroup:
         self.declined_total = 0
         self.serve_unclaimed: Callable[[Round], None] | None = None  # set by the service
         self.sweeps = Sweeps()
+        self.catching_up = False  # a join since the last time every member's inventory was in
 
     @property
     def me(self) -> int | None:
@@ -126,7 +133,10 @@ class HostGroup:
     def on_membership(self, view: View) -> None:
         self.connected = view.connected
         members = view.members if view.connected else ()
+        if set(members) - set(self.table.members) - {self.me}:
+            self.catching_up = True  # rule 3
         self.table.membership(members, self._wall())
+        self._caught_up()
         self.sweeps.membership(frozenset(members))
         for r in self.rounds.left(set(members)):
             log.info("round of %s ended: host %s left", _what(r.req), r.decision.responder)
@@ -146,6 +156,7 @@ class HostGroup:
             return
         if isinstance(msg, Inventory):
             self.table.inventory(msg)
+            self._caught_up()
         elif isinstance(msg, Claim):
             self._claimed(msg)
         elif isinstance(msg, Done):
@@ -208,12 +219,23 @@ class HostGroup:
             if waiting is not None:
                 self._decline(opened, waiting)
             return
+        if self.catching_up:  # rule 3
+            if waiting is not None:
+                self._decline(opened, waiting)
+            log.info("%s: not answered here until every host's domains are in", _what(opened.req))
+            self.finish(opened)
+            return
         if waiting is not None:
             waiting.start(opened)
         elif self.serve_unclaimed is not None:
             self.serve_unclaimed(opened)  # our copy of the datagram is late, or lost
         else:
             self.finish(opened)
+
+    def _caught_up(self) -> None:
+        me = self.me
+        if self.catching_up and all(n == me for n in self.table.pending):
+            self.catching_up = False
 
     def _decline(self, opened: Round, waiting: Waiting) -> None:
         waiting.drop()
