@@ -75,8 +75,9 @@ async def _swept(
 ) -> Done:
     """``done`` if every member's hypervisor agrees the VM is not running, else what is true."""
     swept = await hosts.sweep(mapped.domain, mapped.uuid_only, deadline - SWEEP_MARGIN)
-    # A reboot leaves the VM running where it restarted it: only other copies contradict it.
-    restarted = decision.hosts if op is Op.REBOOT else ()
+    # A reboot leaves the VM running where it restarted it (the first of the hosts it acted
+    # on): only other copies contradict it.
+    restarted = decision.hosts[:1] if op is Op.REBOOT else ()
     elsewhere = [n for n in swept.active_on if n not in restarted]
     if elsewhere:
         where = ", ".join(map(str, elsewhere))
