@@ -31,7 +31,9 @@ from .parse import whole_number
 
 MAX_VERSION_EPOCH = 2**20
 """``epoch`` per ``admin_epoch``: the version is admin_epoch * this + epoch."""
-_SEPARATORS = re.compile(r"[;\s]")
+_ENTRY = re.compile(r"[;\s]")  # between host map entries
+_NAME_PORTS = re.compile(r"[:=]")
+_PORTS = re.compile(r",")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,56 +58,35 @@ class CibDevices:
 def host_map(text: str) -> tuple[list[tuple[str, str]], str]:
     """``pcmk_host_map`` as (node, port) pairs, and what could not be read ("" if all)."""
     pairs: list[tuple[str, str]] = []
-    entries: list[str] = []
-    current, escaped = "", False
-    for ch in text:
-        if escaped:
-            current += "\\" + ch
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif _SEPARATORS.fullmatch(ch):
-            entries.append(current)
-            current = ""
-        else:
-            current += ch
-    entries.append(current)
     bad = []
-    for entry in (e for e in entries if e):
-        name, sep, ports = _split_unescaped(entry)
-        if not sep or not name or not ports:
+    for entry in (e for e in _split(text, _ENTRY) if e):
+        parts = _split(entry, _NAME_PORTS, limit=1)
+        if len(parts) != 2 or not all(parts):
             bad.append(_unescape(entry))
             continue
-        pairs += [(_unescape(name), _unescape(p)) for p in _split_ports(ports) if p]
+        name, ports = parts
+        pairs += [(_unescape(name), _unescape(p)) for p in _split(ports, _PORTS) if p]
     return pairs, ", ".join(repr(b) for b in bad)
 
 
-def _split_unescaped(entry: str) -> tuple[str, str, str]:
-    i = 0
-    while i < len(entry):
-        if entry[i] == "\\":
+def _split(text: str, separator: re.Pattern[str], limit: int = -1) -> list[str]:
+    """``text`` cut at each character matching ``separator`` that no backslash escapes (at
+    most ``limit`` cuts); the escapes stay in the pieces, for ``_unescape``."""
+    pieces: list[str] = []
+    current, i = "", 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text):
+            current += text[i : i + 2]
             i += 2
             continue
-        if entry[i] in ":=":
-            return entry[:i], entry[i], entry[i + 1 :]
-        i += 1
-    return entry, "", ""
-
-
-def _split_ports(ports: str) -> list[str]:
-    out, current, i = [], "", 0
-    while i < len(ports):
-        if ports[i] == "\\" and i + 1 < len(ports):
-            current += ports[i : i + 2]
-            i += 2
-            continue
-        if ports[i] == ",":
-            out.append(current)
+        if limit != 0 and separator.fullmatch(text[i]):
+            pieces.append(current)
             current = ""
+            limit -= 1
         else:
-            current += ports[i]
+            current += text[i]
         i += 1
-    return [*out, current]
+    return [*pieces, current]
 
 
 def _unescape(text: str) -> str:

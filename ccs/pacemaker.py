@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from lxml import etree
 
-from .cib import CibDevices, Target, parse_cib
+from .cib import CibDevices, parse_cib
 from .corosync_conf import CoroNode, CorosyncConf, parse_corosync
 from .issues import Code, Issue
 from .model import AltName, Cluster, ClusterNode, Cman, DeviceRef, Method, frozen_attrs
@@ -99,4 +99,4 @@ def parse_pacemaker(
     return cluster, [*issues, *more]
 
 
-__all__ = ["METHOD", "Target", "parse_pacemaker", "translate"]
+__all__ = ["METHOD", "parse_pacemaker", "translate"]
